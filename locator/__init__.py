@@ -1,0 +1,1 @@
+"""Landmark Locator: the reusable parts of the five pipeline scripts (see README.md)."""

@@ -1,0 +1,25 @@
+"""What every script shares at its edges: logging, and turning a user mistake into one line and exit code 2."""
+import logging
+import sys
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, bad table, missing folder): one line on stderr, exit 2."""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run(main) -> None:
+    """Call main(); a UserError becomes `error: ...` on stderr and exit 2, Ctrl-C exit 130."""
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,68 @@
+"""Paths and defaults: the one place they live. Every script's flags default to these values."""
+from pathlib import Path
+
+# --- paths (relative to the working directory, like the study's scripts) ---
+PLACES = Path("places.xlsx")
+DATA = Path("data")            # root of every data folder below
+MODELS = Path("models")
+TEST_IMAGE = Path("test_image")
+
+
+def raw_dir(data: Path) -> Path:
+    return Path(data) / "raw"
+
+
+def processed_dir(data: Path) -> Path:
+    return Path(data) / "processed"
+
+
+def dataset_dir(data: Path) -> Path:
+    return Path(data) / "dataset"
+
+
+def rejected_dir(data: Path) -> Path:
+    return Path(data) / "rejected"
+
+
+def rejected_csv(data: Path) -> Path:
+    return Path(data) / "rejected.csv"
+
+
+def review_dir(data: Path) -> Path:
+    return Path(data) / "review"
+
+
+# --- place table ---
+MIN_PLACES, MAX_PLACES = 2, 256
+
+# --- crawling ---
+PER_PLACE = 300
+WORKERS = 8
+PER_HOST = 4                   # concurrent requests to one host
+ENGINE = "commons"
+CONNECT_TIMEOUT = 5.0          # seconds
+READ_TIMEOUT = 20.0
+RETRIES = 3
+BACKOFF = 0.5                  # seconds, doubled per retry
+MAX_RETRY_AFTER = 30.0         # never sleep longer than this for a Retry-After
+MAX_BYTES = 15 * 1024 * 1024   # byte cap per downloaded image
+THUMB_WIDTH = 640              # Commons thumbnail width: plenty for 64x64 training
+USER_AGENT = ("LandmarkLocator/0.1 (+https://github.com/landmark-locator/landmark-locator; "
+              "research crawler for landmark photos)")
+
+# --- images ---
+SIZE = 64
+RESIZE_MODE = "squash"         # squash | crop | pad (see README for the measured choice)
+RESIZE_MODES = ("squash", "crop", "pad")
+MIN_SIDE = 32                  # shortest side under this: rejected as too small
+MAX_PIXELS = 40_000_000        # over this: rejected as a decompression bomb
+PAD_COLOUR = (0, 0, 0)
+
+# --- dataset ---
+SPLIT = (0.8, 0.1, 0.1)        # train / val / test by a hash of the near-duplicate group
+NEAR_DUP_DISTANCE = 6          # perceptual hash Hamming distance counted as the same photo
+
+# --- training ---
+EPOCHS = 50
+BATCH = 64
+SEED = 1337
