@@ -47,6 +47,12 @@ BACKOFF = 0.5                  # seconds, doubled per retry
 MAX_RETRY_AFTER = 30.0         # never sleep longer than this for a Retry-After
 MAX_BYTES = 15 * 1024 * 1024   # byte cap per downloaded image
 THUMB_WIDTH = 640              # Commons thumbnail width: plenty for 64x64 training
+MAX_REDIRECTS = 5              # more hops than this (or a loop) is a failed download, not a hang
+DOWNLOAD_DEADLINE = 60.0       # seconds for one whole body: a server dripping bytes cannot stall a worker
+COMMONS_API = "https://commons.wikimedia.org/w/api.php"
+BING_URL = "https://www.bing.com/images/async"   # the results page Bing's own infinite scroll loads
+SEARCH_PAGE = 50               # results asked for per search request (Commons allows up to 50 with imageinfo)
+MAX_SEARCH_PAGES = 40          # a source that keeps paging past this is assumed to be looping
 USER_AGENT = ("LandmarkLocator/0.1 (+https://github.com/landmark-locator/landmark-locator; "
               "research crawler for landmark photos)")
 
