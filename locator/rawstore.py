@@ -14,6 +14,7 @@ import io
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from . import config
@@ -74,9 +75,12 @@ class RawFolder:
         assert source in SOURCES, source
         digest = sha256(data)
         self.folder.mkdir(parents=True, exist_ok=True)
-        # Write the bytes before taking the lock: slow disks do not serialise the workers.
-        tmp = self.folder / f"{TMP_PREFIX}{os.getpid()}-{digest[:16]}.{ext}"
-        with open(tmp, "wb") as f:
+        # Write the bytes before taking the lock: slow disks do not serialise the workers. The temp name is
+        # unique per call (two threads may store the same bytes at once) and carries our pid for reconcile().
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", suffix=f".{ext}", dir=self.folder)
+        tmp = Path(tmp)
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a photo is as readable as any other data file
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -104,10 +108,26 @@ class RawFolder:
             listed = {r["file"] for r in self.records()}
             for p in sorted(self.folder.iterdir()):
                 if p.name.startswith(TMP_PREFIX):
-                    p.unlink()  # a partial download, never a user's file
+                    if not _writer_alive(p.name):
+                        p.unlink(missing_ok=True)  # a partial download, never a user's file
                 elif _NUMBERED.match(p.name) and p.name not in listed:
                     moved.append(quarantine(data_root, p, "orphan", "file without a manifest line (interrupted run)"))
         return moved
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """True if the temp file's writer (pid after the prefix) is another live process, e.g. serve.py storing a
+    user photo while a crawl starts: its file is still being written and must not be deleted."""
+    pid = tmp_name[len(TMP_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def quarantine(data_root, path, reason: str, detail: str = "", move: bool = True) -> Path:
