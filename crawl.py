@@ -1,0 +1,106 @@
+"""Step 1: collect photos of every place into data/raw/<index>/ (numbered files + manifest.jsonl).
+
+    python crawl.py                                   # Wikimedia Commons, 300 photos a place
+    python crawl.py --api-url http://127.0.0.1:8765/w/api.php --out /tmp/raw
+    python crawl.py --engine folder --source ../shared/datasets/indian_monuments/photos
+
+A re-run tops every folder up to --per-place and skips URLs and contents it already has; after kill -9 it first
+tidies what the killed run left. Exit 2 for bad input, 1 when nothing at all could be collected.
+"""
+import argparse
+import logging
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from locator import config, engines, places
+from locator.cli import UserError, run, setup_logging
+from locator.crawler import crawl, summary_table
+from locator.http import FetchError, Fetcher, check_url
+from locator.rawstore import RawFolder
+
+log = logging.getLogger("crawl")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Collect photos of each place into OUT/<index>/.")
+    ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
+    ap.add_argument("--engine", choices=engines.names(), default=config.ENGINE, help="default %(default)s")
+    ap.add_argument("--api-url", help="the engine's endpoint: a mirror or a local test server")
+    ap.add_argument("--source", type=Path, help="--engine folder: a folder with one subfolder per place")
+    ap.add_argument("--per-place", type=int, default=config.PER_PLACE,
+                    help="photos each place's folder should hold (default %(default)s)")
+    ap.add_argument("--only", help="comma list of place indexes, e.g. 00,0a")
+    ap.add_argument("--workers", type=int, default=config.WORKERS, help="parallel downloads (default %(default)s)")
+    ap.add_argument("--per-host", type=int, default=config.PER_HOST,
+                    help="parallel requests to one host (default %(default)s; raise it for a local mirror)")
+    ap.add_argument("--timeout", type=float, default=config.READ_TIMEOUT,
+                    help="read timeout in seconds (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=config.raw_dir(config.DATA), help="default %(default)s")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. under cron)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap.parse_args(argv)
+
+
+def endpoint_for(engine, args) -> str:
+    """The engine's endpoint from the flags; a wrong combination is a UserError."""
+    if engine.DEFAULT_ENDPOINT is None:  # a local engine: reads --source
+        if not args.source:
+            raise UserError(f"--engine {engine.NAME} needs --source DIR (one subfolder per place)")
+        if not args.source.is_dir():
+            raise UserError(f"--source {args.source} is not a folder")
+        return str(args.source)
+    if args.source:
+        raise UserError(f"--source is for --engine folder; --engine {engine.NAME} searches {engine.NAME}")
+    url = args.api_url or engine.DEFAULT_ENDPOINT
+    try:
+        check_url(url)
+    except FetchError:
+        raise UserError(f"--api-url {url!r} is not an http(s) URL")
+    return url
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    for flag in ("per_place", "workers", "per_host"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.timeout <= 0:
+        raise UserError("--timeout must be positive")
+    table = places.load(args.places)
+    chosen = table.select(args.only)
+    engine = engines.load(args.engine)
+    endpoint = endpoint_for(engine, args)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:  # two crawls filling the same folders would race for numbers and delete each other's temp files
+        lock = FileLock(str(args.out / ".crawl.lock"), timeout=0).acquire()
+    except Timeout:
+        raise UserError(f"another crawl is writing to {args.out}; wait for it to finish")
+    with lock:
+        # Finish what a killed run left: partial downloads removed, files without a manifest line set aside.
+        for place in chosen:
+            for moved in RawFolder(args.out / place.index).reconcile(args.out.parent):
+                log.warning("%s: a file without a manifest line (interrupted run) moved to %s", place.index, moved)
+
+        todo = [p for p in chosen if RawFolder(args.out / p.index).count() < args.per_place]
+        if not todo:
+            log.info("all %d folders already hold %d photos; nothing to do", len(chosen), args.per_place)
+            return 0
+        log.info("%s: %d of %d places need photos (%d each) from %s", args.out, len(todo), len(chosen),
+                 args.per_place, endpoint)
+        with Fetcher(workers=args.workers, per_host=args.per_host, read_timeout=args.timeout) as fetcher, \
+                logging_redirect_tqdm():
+            reports = crawl(todo, engine, endpoint, args.out, args.per_place, fetcher, args.workers,
+                            progress=not args.no_progress)
+    log.info("summary\n%s", summary_table(reports, args.per_place))
+    if not any(r.saved for r in reports):
+        log.error("nothing could be collected from %s", endpoint)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
