@@ -137,6 +137,9 @@ def _header(ws, wanted, sheet: str, path) -> dict:
 
 
 def _index(v, row: int, expected: int) -> str:
+    if expected >= config.MAX_PLACES:  # checked first: "write it like '100'" would be no help
+        raise UserError(f"places row {row}: more than {config.MAX_PLACES} places; two hex digits name at most "
+                        f"{config.MAX_PLACES} (00..ff)")
     want = f"{expected:02x}"
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         raise UserError(f"places row {row}: index is the number {v!r}, not text; format the index column as "
@@ -158,13 +161,14 @@ def _index(v, row: int, expected: int) -> str:
 def load(path=config.PLACES) -> PlaceTable:
     """Read and validate the table. Any problem is a one-line UserError naming the row and the fix."""
     import openpyxl  # imported here: scripts that never read the table start faster
+    from openpyxl.utils.exceptions import InvalidFileException  # e.g. a .csv given as the table
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"place table {path} not found (give it with --places)")
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as e:
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, InvalidFileException) as e:
         raise UserError(f"{path}: not a readable .xlsx workbook ({type(e).__name__})")
     if "places" not in wb.sheetnames:
         raise UserError(f"{path}: no sheet named 'places' (sheets: {', '.join(wb.sheetnames)})")
