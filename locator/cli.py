@@ -1,4 +1,5 @@
 """What every script shares at its edges: logging, and turning a user mistake into one line and exit code 2."""
+import argparse
 import logging
 import sys
 
@@ -23,3 +24,10 @@ def run(main) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are UserErrors too: one line on stderr and exit 2, like every other mistake."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")

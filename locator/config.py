@@ -20,6 +20,10 @@ def dataset_dir(data: Path) -> Path:
     return Path(data) / "dataset"
 
 
+def processed_manifest(data: Path) -> Path:
+    return processed_dir(data) / "manifest.jsonl"
+
+
 def rejected_dir(data: Path) -> Path:
     return Path(data) / "rejected"
 
@@ -63,10 +67,12 @@ RESIZE_MODES = ("squash", "crop", "pad")
 MIN_SIDE = 32                  # shortest side under this: rejected as too small
 MAX_PIXELS = 40_000_000        # over this: rejected as a decompression bomb
 PAD_COLOUR = (0, 0, 0)
+PREPROCESS_WORKERS = 0         # processes decoding photos; 0 = one per core
 
 # --- dataset ---
 SPLIT = (0.8, 0.1, 0.1)        # train / val / test by a hash of the near-duplicate group
-NEAR_DUP_DISTANCE = 6          # perceptual hash Hamming distance counted as the same photo
+NEAR_DUP_DISTANCE = 8          # phash bits: on the shared photos, pairs at 8 are re-edits of one shot, at 10 not always
+SPLIT_SEED = 0                 # salt of the split hash; changing it reshuffles every split (keep it for stability)
 
 # --- training ---
 EPOCHS = 50

@@ -11,11 +11,13 @@ TMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_path(path, suffix=None):
+def atomic_path(path, suffix=None, fsync: bool = True):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`, else removed.
 
     The temp name keeps the real suffix (or `suffix`) so that libraries choosing a format by extension
-    (h5py, Pillow, openpyxl) still work.
+    (h5py, Pillow, openpyxl) still work. fsync=False is for many small re-creatable files (processed PNGs):
+    the rename still makes them all-or-nothing against kill -9, and the caller flushes them in one os.sync()
+    before any manifest names them (an fsync per file costs more than decoding the photo).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,8 +26,9 @@ def atomic_path(path, suffix=None):
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -114,12 +114,24 @@ def decode(src, min_side: int = config.MIN_SIDE, max_pixels: int = config.MAX_PI
         raise ImageRejected("unreadable", f"{type(e).__name__}: {str(e)[:200]}")
 
 
+def draft_for(size: int) -> int:
+    """The JPEG draft target for a size x size output: twice the output keeps the final downsample clean.
+
+    Everything that must give normalise()'s pixels (preprocess, predict, serve) asks here, never repeats `2 * size`.
+    """
+    return 2 * size
+
+
 def resize(img: Image.Image, size: int = config.SIZE, mode: str = config.RESIZE_MODE) -> Image.Image:
     """Make a size x size image: `squash` (plain resize, the study), `crop` (centre square), `pad` (fit, pad)."""
     if mode == "squash":
         return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    if mode == "crop":
-        return ImageOps.fit(img, (size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if mode == "crop":  # ImageOps.fit takes no reducing_gap: resize the centre square box directly
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side),
+                          reducing_gap=2.0)
     if mode == "pad":
         return ImageOps.pad(img, (size, size), Image.Resampling.BILINEAR, color=config.PAD_COLOUR)
     raise ValueError(f"unknown resize mode {mode!r}; use one of {', '.join(config.RESIZE_MODES)}")
@@ -131,5 +143,5 @@ def normalise(src, size: int = config.SIZE, mode: str = config.RESIZE_MODE, min_
     if isinstance(src, Image.Image):
         img = _to_rgb(src)
     else:
-        img, _ = decode(src, min_side=min_side, max_pixels=max_pixels, draft=2 * size)
+        img, _ = decode(src, min_side=min_side, max_pixels=max_pixels, draft=draft_for(size))
     return np.asarray(resize(img, size, mode), dtype=np.uint8)
