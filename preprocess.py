@@ -1,0 +1,68 @@
+"""Step 2: normalise every collected photo into data/processed/<index>/ (64x64 RGB PNG) and its manifest.
+
+    python preprocess.py                                  # data/raw -> data/processed, 64x64, squash
+    python preprocess.py --data /tmp/real/data --places ../shared/datasets/indian_monuments/places.xlsx
+    python preprocess.py --resize-mode crop --keep-rejected
+
+Only new or changed photos are decoded; a new --size or --resize-mode redoes them all. Bad files are moved to
+data/rejected/<reason>/ and listed in data/rejected.csv; exact and near-duplicates are kept once per place; a
+photo found under two places is rejected as `conflict`. Prints a table per place. Exit 2 for bad input.
+"""
+import logging
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from locator import config, places, preprocessing
+from locator.cli import ArgumentParser, UserError, run, setup_logging
+from locator.report import format_table
+
+log = logging.getLogger("preprocess")
+
+
+def parse_args(argv=None):
+    ap = ArgumentParser(description="Normalise data/raw/<index>/ photos into data/processed/<index>/*.png.")
+    ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
+    ap.add_argument("--data", type=Path, default=config.DATA, help="data root holding raw/ (default %(default)s)")
+    ap.add_argument("--size", type=int, default=config.SIZE, help="output side in pixels (default %(default)s)")
+    ap.add_argument("--resize-mode", choices=config.RESIZE_MODES, default=config.RESIZE_MODE,
+                    help="squash: plain resize; crop: centre square; pad: fit and pad (default %(default)s)")
+    ap.add_argument("--min-side", type=int, default=config.MIN_SIDE,
+                    help="reject photos whose shortest side is under this (default %(default)s)")
+    ap.add_argument("--max-pixels", type=int, default=config.MAX_PIXELS,
+                    help="reject photos over this many pixels: decompression bombs (default %(default)s)")
+    ap.add_argument("--near-dup-distance", type=int, default=config.NEAR_DUP_DISTANCE,
+                    help="perceptual-hash bits within which two photos are the same (default %(default)s)")
+    ap.add_argument("--keep-rejected", action="store_true",
+                    help="only list rejected files in data/rejected.csv; leave them where they are")
+    ap.add_argument("--workers", type=int, default=config.PREPROCESS_WORKERS,
+                    help="decoding processes; 0 = one per core (default %(default)s)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. under cron)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    if not 8 <= args.size <= 1024:
+        raise UserError("--size must be between 8 and 1024")
+    if args.min_side < 1 or args.max_pixels < 1 or args.workers < 0:
+        raise UserError("--min-side and --max-pixels must be at least 1, --workers at least 0")
+    if not 0 <= args.near_dup_distance <= 32:
+        raise UserError("--near-dup-distance must be between 0 and 32 (of 64 bits)")
+    table = places.load(args.places)
+    opt = preprocessing.Options(size=args.size, mode=args.resize_mode, min_side=args.min_side,
+                                max_pixels=args.max_pixels, near=args.near_dup_distance,
+                                keep_rejected=args.keep_rejected, workers=args.workers,
+                                progress=not args.no_progress)
+    with logging_redirect_tqdm():
+        summary = preprocessing.run(args.data, table, opt)
+    print(format_table(*preprocessing.table_rows(summary, table)))
+    if not summary.changed:
+        log.info("nothing to do: %s is up to date", config.processed_dir(args.data))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
