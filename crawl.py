@@ -7,7 +7,6 @@
 A re-run tops every folder up to --per-place and skips URLs and contents it already has; after kill -9 it first
 tidies what the killed run left. Exit 2 for bad input, 1 when nothing at all could be collected.
 """
-import argparse
 import logging
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from filelock import FileLock, Timeout
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator import config, engines, places
-from locator.cli import UserError, run, setup_logging
+from locator.cli import ArgumentParser, UserError, run, setup_logging
 from locator.crawler import crawl, summary_table
 from locator.http import FetchError, Fetcher, check_url
 from locator.rawstore import RawFolder
@@ -24,7 +23,7 @@ log = logging.getLogger("crawl")
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="Collect photos of each place into OUT/<index>/.")
+    ap = ArgumentParser(description="Collect photos of each place into OUT/<index>/.")
     ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
     ap.add_argument("--engine", choices=engines.names(), default=config.ENGINE, help="default %(default)s")
     ap.add_argument("--api-url", help="the engine's endpoint: a mirror or a local test server")

@@ -443,7 +443,8 @@ def test_bad_flags_are_one_line_exit_2(tmp_path, capsys, args, message):
 def test_unknown_engine_is_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "crawl.py", "--engine", "google", "--places", str(table(tmp_path, "a", "b"))],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and "invalid choice: 'google'" in p.stderr and "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "'google'" in lines[0]
 
 
 # --- interrupted runs ------------------------------------------------------------------------------------------

@@ -6,14 +6,13 @@ Coordinates are WGS84 decimal degrees, good to about 100 m; addresses are road-n
 term of each place is also its folder name in a local photo collection, so it is plain lower-case English.
 Edit the lists below and re-run rather than editing the workbook by hand: Excel likes to turn "10" into 10.
 """
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's package, when run as a script
 
 from locator import places  # noqa: E402
-from locator.cli import run  # noqa: E402
+from locator.cli import ArgumentParser, run  # noqa: E402
 
 # name, search terms (English first, then Korean), latitude, longitude, address, description
 PLACES = [
@@ -116,7 +115,7 @@ ATTRACTIONS = [
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("places.xlsx"))
     args = ap.parse_args(argv)
     rows = [(f"{i:02x}", *p) for i, p in enumerate(PLACES)]

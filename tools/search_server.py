@@ -14,7 +14,6 @@ Run it for a demo:   python tools/search_server.py --root DIR --port 8765 --late
 or in a test:        with SearchServer(root, latency=0.05) as server: server.api_url ...
 `extra` puts more results (any URLs: broken, slow, file://) before a folder's own, for fault tests.
 """
-import argparse
 import html
 import json
 import mimetypes
@@ -216,9 +215,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv=None) -> int:
-    from locator.cli import UserError, setup_logging
+    from locator.cli import ArgumentParser, UserError, setup_logging
 
-    ap = argparse.ArgumentParser(description="Serve a folder of photos as the Commons API and Bing HTML.")
+    ap = ArgumentParser(description="Serve a folder of photos as the Commons API and Bing HTML.")
     ap.add_argument("--root", type=Path, required=True, help="one subfolder per place")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed on stdout)")
