@@ -1,0 +1,58 @@
+"""Step 3: pack data/processed/ into data/dataset/ (x/y/files per split, classes.json, summary.json).
+
+    python dataset.py                                     # 80/10/10 by a hash of each near-duplicate group
+    python dataset.py --data /tmp/real/data --places ../shared/datasets/indian_monuments/places.xlsx
+    python dataset.py --min-per-class 20                  # leave out (with a warning) places under 20 photos
+
+The folder is written beside data/dataset and swapped in whole. Splits are stable as photos are added and no
+near-duplicate group is in two splits (README: "dataset.py"). Prints photos per place per split. Exit 2 for bad
+input, such as a place too small to appear in every split.
+"""
+import logging
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from locator import config, dataset, places
+from locator.cli import ArgumentParser, UserError, run, setup_logging
+from locator.report import format_table
+
+log = logging.getLogger("dataset")
+
+
+def parse_args(argv=None):
+    ap = ArgumentParser(description="Pack data/processed/ into data/dataset/ with stable train/val/test splits.")
+    ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
+    ap.add_argument("--data", type=Path, default=config.DATA, help="data root (default %(default)s)")
+    ap.add_argument("--split", default="/".join(f"{round(s * 100):g}" for s in config.SPLIT),
+                    help="train/val/test shares (default %(default)s)")
+    ap.add_argument("--min-per-class", type=int, metavar="N",
+                    help="leave out, with a warning, places with fewer than N photos or too few for every split "
+                         "(default: such a place is an error)")
+    ap.add_argument("--seed", type=int, default=config.SPLIT_SEED,
+                    help="salt of the split hash; another seed gives other splits (default %(default)s)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. under cron)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    split = dataset.parse_split(args.split)
+    if args.min_per_class is not None and args.min_per_class < 1:
+        raise UserError("--min-per-class must be at least 1")
+    table = places.load(args.places)
+    with logging_redirect_tqdm():
+        plan = dataset.build(args.data, table, split, args.seed, args.min_per_class, progress=not args.no_progress)
+    print(format_table(*dataset.count_rows(plan, table)))
+    dest = config.dataset_dir(args.data)
+    if plan.up_to_date:
+        log.info("nothing to do: %s is up to date (fingerprint %s)", dest, plan.fingerprint)
+    else:
+        log.info("wrote %s (%dx%d, %s; fingerprint %s)", dest, plan.size, plan.size, plan.mode, plan.fingerprint)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
