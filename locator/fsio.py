@@ -56,8 +56,12 @@ def lock_for(path) -> FileLock:
     return FileLock(str(path) + ".lock")
 
 
-def append_jsonl(path, records, lock: bool = True) -> None:
-    """Append records as JSON lines in one write, fsynced. Pass lock=False when the caller holds lock_for(path)."""
+def append_jsonl(path, records, lock: bool = True, fsync: bool = True) -> None:
+    """Append records as JSON lines in one write, fsynced. Pass lock=False when the caller holds lock_for(path).
+
+    fsync=False: the caller fsyncs later, outside its lock (see fsync_file), so that concurrent writers share
+    one disk flush instead of queueing for one each while holding the lock.
+    """
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
     ctx = lock_for(path) if lock else contextlib.nullcontext()
     with ctx:
@@ -65,26 +69,45 @@ def append_jsonl(path, records, lock: bool = True) -> None:
         with open(path, "a", encoding="utf-8") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
+
+
+def fsync_file(path) -> None:
+    """Flush a file's written data to disk (e.g. lines appended with fsync=False)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path) -> list:
     """All complete records; a torn last line (killed mid-write) is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return []
+    return read_jsonl_from(path, 0)[0]
+
+
+def read_jsonl_from(path, offset: int = 0):
+    """(records, end) for the complete lines from byte `offset` on; `end` is where the next read should start.
+
+    Lets a reader of a growing manifest parse only what was appended since its last read. A torn last line
+    (killed mid-write) is not consumed: `end` stops before it.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    complete = data[: data.rfind(b"\n") + 1]  # the torn tail, if any, stays for the next read (or repair)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # torn tail: the writer died before the newline
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return out
+    for line in complete.split(b"\n"):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+    return out, offset + len(complete)
 
 
 def _repair_tail(path) -> None:

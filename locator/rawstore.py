@@ -15,15 +15,27 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from . import config
-from .fsio import TMP_PREFIX, append_jsonl, lock_for, read_jsonl
+from .fsio import TMP_PREFIX, append_jsonl, fsync_file, lock_for, read_jsonl_from
 
 MANIFEST = "manifest.jsonl"
 SOURCES = ("commons", "bing", "folder", "user")
 RECORD_KEYS = ("file", "sha256", "bytes", "width", "height", "source", "url", "page", "licence", "author", "added")
 _NUMBERED = re.compile(r"^(\d{6})\.[a-z0-9]+$")
+
+# One threading lock per manifest, taken before its file lock: threads of one process then queue on it
+# directly, instead of each polling the file lock (filelock sleeps 50 ms between tries).
+_THREAD_LOCKS: dict = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+os.register_at_fork(after_in_child=_THREAD_LOCKS.clear)  # a child must not inherit a lock held by a thread
+
+
+def _thread_lock(path) -> threading.Lock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(os.path.abspath(path), threading.Lock())
 
 
 def now_iso() -> str:
@@ -40,17 +52,28 @@ class RawFolder:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.manifest = self.folder / MANIFEST
-        self._cache_key, self._records = None, []
+        self._cache_key, self._records, self._end, self._sha = None, [], 0, set()
+        self._cache_lock = threading.Lock()
 
     def records(self) -> list:
-        """Manifest records (re-read only when the file changed, e.g. another process appended)."""
+        """Manifest records, kept up to date cheaply: a manifest only grows by appends (ours or another
+        process's), so only the new lines are parsed; a replaced or shrunk file is read again whole."""
+        with self._cache_lock:  # worker threads share one RawFolder
+            return self._refresh()
+
+    def _refresh(self) -> list:
         try:
             st = self.manifest.stat()
-            key = (st.st_size, st.st_mtime_ns)
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
         except FileNotFoundError:
             key = None
         if key != self._cache_key:
-            self._records = read_jsonl(self.manifest) if key else []
+            if key is None or self._cache_key is None or key[0] != self._cache_key[0] or key[1] < self._end:
+                self._records, self._end, self._sha = [], 0, set()
+            if key is not None:
+                new, self._end = read_jsonl_from(self.manifest, self._end)
+                self._records = self._records + new  # a new list: callers may hold the old one
+                self._sha.update(r["sha256"] for r in new if "sha256" in r)
             self._cache_key = key
         return self._records
 
@@ -61,11 +84,14 @@ class RawFolder:
         return {r.get("url") for r in self.records() if r.get("url")}
 
     def known_sha256(self) -> set:
-        return {r["sha256"] for r in self.records()}
+        with self._cache_lock:
+            self._refresh()
+            return set(self._sha)
 
     def _next_number(self) -> int:
-        used = [int(m.group(1)) for p in self.folder.iterdir() if (m := _NUMBERED.match(p.name))] \
-            if self.folder.exists() else []
+        # plain names and one regex, no Path objects: this runs under the lock for every photo added
+        names = os.listdir(self.folder) if self.folder.exists() else []
+        used = [int(m.group(1)) for n in names if (m := _NUMBERED.match(n))]
         used += [int(m.group(1)) for r in self.records() if (m := _NUMBERED.match(r["file"]))]
         return max(used, default=0) + 1
 
@@ -85,7 +111,7 @@ class RawFolder:
             f.flush()
             os.fsync(f.fileno())
         try:
-            with lock_for(self.manifest):
+            with _thread_lock(self.manifest), lock_for(self.manifest):
                 if digest in self.known_sha256():
                     return None
                 name = f"{self._next_number():06d}.{ext}"
@@ -93,8 +119,12 @@ class RawFolder:
                 record = {"file": name, "sha256": digest, "bytes": len(data), "width": width, "height": height,
                           "source": source, "url": url, "page": page, "licence": licence, "author": author,
                           "added": now_iso(), **extra}
-                append_jsonl(self.manifest, [record], lock=False)
-                return record
+                append_jsonl(self.manifest, [record], lock=False, fsync=False)
+            # Durable before we return, but flushed outside the lock: workers adding at the same time share
+            # one journal commit instead of queueing for one each. The rename above is in the same or an
+            # earlier commit, so a line never outlives its file.
+            fsync_file(self.manifest)
+            return record
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -104,7 +134,7 @@ class RawFolder:
         if not self.folder.exists():
             return []
         moved = []
-        with lock_for(self.manifest):
+        with _thread_lock(self.manifest), lock_for(self.manifest):
             listed = {r["file"] for r in self.records()}
             for p in sorted(self.folder.iterdir()):
                 if p.name.startswith(TMP_PREFIX):
