@@ -118,6 +118,9 @@ class SearchServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as a real server: connection pooling then matters
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's delayed ACK
+    # (~40 ms a response on Linux), an artefact no real server has. --latency is the only delay we want.
+    disable_nagle_algorithm = True
     server: SearchServer
 
     def log_message(self, fmt, *args):
