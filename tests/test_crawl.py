@@ -507,3 +507,49 @@ def test_manifest_is_json_lines_with_the_contract_keys(tmp_path, search):
         record = json.loads(line)
         assert set(record) == {"file", "sha256", "bytes", "width", "height", "source", "url", "page", "licence",
                                "author", "added"}
+
+
+# --- the raw store under concurrency ---------------------------------------------------------------------------
+def test_threads_adding_the_same_bytes_store_them_once(tmp_path):
+    from locator.rawstore import RawFolder
+    folder, data = RawFolder(tmp_path / "00"), jpeg(1)
+    barrier = threading.Barrier(8)
+    results = []
+
+    def add(i):
+        barrier.wait()
+        results.append(folder.add(data, "jpg", 96, 72, "commons", url=f"http://h/{i}.jpg"))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sum(r is not None for r in results) == 1
+    assert len(check_folder(tmp_path / "00")) == 1
+
+
+def test_a_second_writer_s_lines_are_seen(tmp_path):
+    from locator.rawstore import RawFolder
+    mine, other = RawFolder(tmp_path / "00"), RawFolder(tmp_path / "00")
+    mine.add(jpeg(1), "jpg", 96, 72, "commons", url="http://h/1.jpg")
+    assert mine.count() == 1
+    other.add(jpeg(2), "jpg", 96, 72, "user")  # e.g. serve.py storing a user's photo meanwhile
+    assert mine.count() == 2 and mine.known_urls() == {"http://h/1.jpg"}
+    assert mine.add(jpeg(2), "jpg", 96, 72, "commons", url="http://h/2.jpg") is None  # its bytes are known
+    assert mine.add(jpeg(3), "jpg", 96, 72, "commons")["file"] == "000003.jpg"
+
+
+def test_reconcile_spares_a_live_writer_s_temp_file(tmp_path):
+    from locator.rawstore import RawFolder
+    folder = RawFolder(tmp_path / "raw" / "00")
+    folder.add(jpeg(1), "jpg", 96, 72, "commons")
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        live = tmp_path / "raw" / "00" / f"{TMP_PREFIX}{writer.pid}-abc.jpg"
+        live.write_bytes(b"being written")
+        folder.reconcile(tmp_path)
+        assert live.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    folder.reconcile(tmp_path)
+    assert not live.exists()
