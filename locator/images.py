@@ -101,7 +101,7 @@ def decode(src, min_side: int = config.MIN_SIDE, max_pixels: int = config.MAX_PI
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": harmless, the pixels are what matter
             img.load()
-            img = ImageOps.exif_transpose(img) or img
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of every upright photo
         return _to_rgb(img), (w, h)
     except ImageRejected:
         raise
