@@ -9,12 +9,10 @@ near-duplicate group is in two splits (README: "dataset.py"). Prints photos per 
 input, such as a place too small to appear in every split.
 """
 import logging
-from pathlib import Path
-
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator import config, dataset, places
-from locator.cli import ArgumentParser, UserError, run, setup_logging
+from locator.cli import ArgumentParser, UserError, add_data_flags, run, setup_logging
 from locator.report import format_table
 
 log = logging.getLogger("dataset")
@@ -22,8 +20,6 @@ log = logging.getLogger("dataset")
 
 def parse_args(argv=None):
     ap = ArgumentParser(description="Pack data/processed/ into data/dataset/ with stable train/val/test splits.")
-    ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
-    ap.add_argument("--data", type=Path, default=config.DATA, help="data root (default %(default)s)")
     ap.add_argument("--split", default="/".join(f"{round(s * 100):g}" for s in config.SPLIT),
                     help="train/val/test shares (default %(default)s)")
     ap.add_argument("--min-per-class", type=int, metavar="N",
@@ -31,8 +27,7 @@ def parse_args(argv=None):
                          "(default: such a place is an error)")
     ap.add_argument("--seed", type=int, default=config.SPLIT_SEED,
                     help="salt of the split hash; another seed gives other splits (default %(default)s)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. under cron)")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_data_flags(ap)
     return ap.parse_args(argv)
 
 

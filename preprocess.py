@@ -9,12 +9,10 @@ data/rejected/<reason>/ and listed in data/rejected.csv; exact and near-duplicat
 photo found under two places is rejected as `conflict`. Prints a table per place. Exit 2 for bad input.
 """
 import logging
-from pathlib import Path
-
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator import config, places, preprocessing
-from locator.cli import ArgumentParser, UserError, run, setup_logging
+from locator.cli import ArgumentParser, UserError, add_data_flags, run, setup_logging
 from locator.report import format_table
 
 log = logging.getLogger("preprocess")
@@ -22,8 +20,6 @@ log = logging.getLogger("preprocess")
 
 def parse_args(argv=None):
     ap = ArgumentParser(description="Normalise data/raw/<index>/ photos into data/processed/<index>/*.png.")
-    ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
-    ap.add_argument("--data", type=Path, default=config.DATA, help="data root holding raw/ (default %(default)s)")
     ap.add_argument("--size", type=int, default=config.SIZE, help="output side in pixels (default %(default)s)")
     ap.add_argument("--resize-mode", choices=config.RESIZE_MODES, default=config.RESIZE_MODE,
                     help="squash: plain resize; crop: centre square; pad: fit and pad (default %(default)s)")
@@ -37,8 +33,7 @@ def parse_args(argv=None):
                     help="only list rejected files in data/rejected.csv; leave them where they are")
     ap.add_argument("--workers", type=int, default=config.PREPROCESS_WORKERS,
                     help="decoding processes; 0 = one per core (default %(default)s)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. under cron)")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    add_data_flags(ap)
     return ap.parse_args(argv)
 
 

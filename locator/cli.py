@@ -2,6 +2,9 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+from . import config
 
 
 class UserError(Exception):
@@ -31,3 +34,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def add_data_flags(ap) -> None:
+    """The flags every data step takes: --places, --data, --no-progress, -v."""
+    ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
+    ap.add_argument("--data", type=Path, default=config.DATA, help="data root (default %(default)s)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. under cron)")
+    ap.add_argument("-v", "--verbose", action="store_true")

@@ -25,12 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from filelock import Timeout
 from PIL import Image
 
 from . import config
 from .cli import UserError
-from .fsio import atomic_write_json, lock_for, read_jsonl
+from .fsio import atomic_write_json, exclusive, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -213,12 +212,7 @@ def build(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class
     data = Path(data)
     pl = plan(data, table, split, seed, min_per_class)
     dest = config.dataset_dir(data)
-    lock = lock_for(dest)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UserError(f"another dataset.py is writing {dest} (lock {lock.lock_file}); wait for it")
-    try:
+    with exclusive(dest, f"another dataset.py is writing {dest}"):
         _recover(dest)
         if _is_current(dest, pl):
             pl.up_to_date = True
@@ -226,8 +220,6 @@ def build(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class
         tmp = dest.with_name(f"{_TMP}{os.getpid()}")
         _write(data, tmp, pl, split, seed, progress)
         _swap(tmp, dest)
-    finally:
-        lock.release()
     return pl
 
 

@@ -56,6 +56,25 @@ def lock_for(path) -> FileLock:
     return FileLock(str(path) + ".lock")
 
 
+@contextlib.contextmanager
+def exclusive(path, busy: str):
+    """Hold lock_for(path) for a whole run, or fail at once with `busy` (a UserError): two runs of one step on the
+    same data would undo each other's work."""
+    from filelock import Timeout
+
+    from .cli import UserError
+
+    lock = lock_for(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"{busy} (lock {lock.lock_file}); wait for it to finish")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
 def append_jsonl(path, records, lock: bool = True, fsync: bool = True) -> None:
     """Append records as JSON lines in one write, fsynced. Pass lock=False when the caller holds lock_for(path).
 

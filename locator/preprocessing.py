@@ -33,11 +33,10 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-from filelock import Timeout
 
 from . import config, images
 from .cli import UserError
-from .fsio import TMP_PREFIX, append_jsonl, atomic_path, lock_for, read_jsonl, rewrite_jsonl
+from .fsio import TMP_PREFIX, append_jsonl, atomic_path, exclusive, read_jsonl, rewrite_jsonl
 from .rawstore import RawFolder, quarantine
 
 log = logging.getLogger(__name__)
@@ -215,15 +214,8 @@ def run(data, table, opt: Options = Options()) -> Summary:
             log.warning("%s has no row in %s: skipped", d, table.path)
 
     manifest = config.processed_manifest(data)
-    lock = lock_for(manifest)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UserError(f"another preprocess.py is working on {data} (lock {lock.lock_file}); wait for it")
-    try:
+    with exclusive(manifest, f"another preprocess.py is working on {data}"):
         return _run_locked(data, table, opt, manifest)
-    finally:
-        lock.release()
 
 
 def _run_locked(data, table, opt, manifest) -> Summary:

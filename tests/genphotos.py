@@ -4,6 +4,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from locator import places
@@ -41,3 +42,15 @@ def add(data: Path, index: str, blob: bytes, ext: str = "jpg") -> str:
 
 def fill(data: Path, index: str, seeds, **kw) -> list:
     return [add(data, index, encode(photo(s, **kw))) for s in seeds]
+
+
+@pytest.fixture
+def data(tmp_path):
+    """An empty data root (test modules import this fixture)."""
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def table(tmp_path):
+    """A valid place table of three places, 00..02."""
+    return write_table(tmp_path / "places.xlsx", 3)

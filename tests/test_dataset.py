@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genphotos import add, encode, fill, photo, write_table
+from genphotos import add, data, encode, fill, photo, table  # noqa: F401 (data, table: fixtures)
 from locator import dataset, preprocessing
 from locator.cli import UserError
 from locator.fsio import read_jsonl
@@ -21,16 +21,6 @@ def build(data, table, **kw):
 
 def split_of_files(dest) -> dict:
     return {f: s for s in dataset.SPLITS for f in (dest / f"files_{s}.txt").read_text().splitlines()}
-
-
-@pytest.fixture
-def data(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def table(tmp_path):
-    return write_table(tmp_path / "places.xlsx", 3)
 
 
 @pytest.fixture

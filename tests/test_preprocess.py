@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genphotos import add, encode, fill, photo, write_table
+from genphotos import add, data, encode, fill, photo, table  # noqa: F401 (data, table: fixtures)
 from locator import images, preprocessing
 from locator.fsio import read_jsonl
 
@@ -41,16 +41,6 @@ def bomb_png(w=100_000, h=100_000) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\x00" * 1024)) + chunk(b"IEND", b""))
-
-
-@pytest.fixture
-def data(tmp_path):
-    return tmp_path / "data"
-
-
-@pytest.fixture
-def table(tmp_path):
-    return write_table(tmp_path / "places.xlsx", 3)
 
 
 BAD = {  # name -> (bytes, ext, reason)
