@@ -223,7 +223,7 @@ def test_folder_engine(tmp_path):
     records = check_folder(tmp_path / "raw" / "00")
     assert len(records) == 4 and records[0]["source"] == "folder" and records[0]["url"].startswith("file://")
     assert len(check_folder(tmp_path / "raw" / "01")) == 2
-    assert crawl_cli(*args) == 1  # every file already imported: nothing new could be collected
+    assert crawl_cli(*args) == 0  # every file already imported: nothing new, which is no failure
     assert len(check_folder(tmp_path / "raw" / "00")) == 4
 
 
@@ -423,6 +423,17 @@ def test_nothing_collected_exits_1(tmp_path, search, caplog):
     server = search({"unrelated": 2})
     assert crawl_cli("--places", table(tmp_path, "alpha", "beta"), "--api-url", server.api_url,
                      "--out", tmp_path / "raw", "--per-place", 2) == 1
+    assert "nothing could be collected" in caplog.text
+
+
+def test_exhausted_source_is_exit_0_but_an_unreachable_one_exit_1(tmp_path, search, caplog):
+    caplog.set_level(logging.INFO)
+    server = search({"alpha": 2, "beta": 2})
+    args = ("--places", table(tmp_path, "alpha", "beta"), "--out", tmp_path / "raw", "--per-place", 5)
+    assert crawl_cli(*args, "--api-url", server.api_url) == 0
+    assert crawl_cli(*args, "--api-url", server.api_url) == 0  # found only photos we have: not a failure
+    assert "the source has nothing new" in caplog.text
+    assert crawl_cli(*args, "--api-url", server.base_url + "/moved/api.php") == 1  # the search answers 404
     assert "nothing could be collected" in caplog.text
 
 
