@@ -29,7 +29,8 @@ from PIL import Image
 
 from . import config
 from .cli import UserError
-from .fsio import atomic_write_json, exclusive, read_jsonl
+from .fsio import atomic_write_json, exclusive
+from .preprocessing import PENDING, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,10 @@ class Plan:
 def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None) -> Plan:
     """Decide every row (which photo, which split) from data/processed/manifest.jsonl; nothing is written."""
     manifest = config.processed_manifest(data)
-    kept = [r for r in read_jsonl(manifest) if r.get("status") == "kept"]
+    records = read_manifest(data).values()
+    if any(r["status"] == PENDING for r in records):
+        raise UserError(f"{manifest} is from an interrupted preprocess.py: run it again to finish")
+    kept = [r for r in records if r["status"] == "kept"]
     if not kept:
         raise UserError(f"no processed photos in {manifest}: run preprocess.py first")
     shapes = {(r["size"], r["resize_mode"]) for r in kept}

@@ -218,8 +218,13 @@ def run(data, table, opt: Options = Options()) -> Summary:
         return _run_locked(data, table, opt, manifest)
 
 
+def read_manifest(data) -> dict:
+    """data/processed/manifest.jsonl as {raw_file: record}; the last line of a raw file wins (checkpoints)."""
+    return {r["raw_file"]: r for r in read_jsonl(config.processed_manifest(data))}
+
+
 def _run_locked(data, table, opt, manifest) -> Summary:
-    old = {r["raw_file"]: r for r in read_jsonl(manifest)}  # the last line of a raw file wins (checkpoints)
+    old = read_manifest(data)
     summary = Summary(records=[])
     carried, todo = [], []
     for place in table:

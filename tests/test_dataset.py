@@ -8,7 +8,7 @@ from PIL import Image
 from genphotos import add, data, encode, fill, photo, table  # noqa: F401 (data, table: fixtures)
 from locator import dataset, preprocessing
 from locator.cli import UserError
-from locator.fsio import read_jsonl
+from locator.fsio import append_jsonl, read_jsonl
 
 
 def prep(data, table):
@@ -168,6 +168,13 @@ def test_parse_split_rejects(text):
 def test_no_processed_photos_is_a_user_error(data, table):
     with pytest.raises(UserError, match="run preprocess.py first"):
         build(data, table)
+
+
+def test_an_interrupted_preprocess_is_not_packed(filled, table):
+    rec = dict(next(iter(read_jsonl(filled / "processed" / "manifest.jsonl"))), status=preprocessing.PENDING)
+    append_jsonl(filled / "processed" / "manifest.jsonl", [rec])  # what a killed run leaves: a checkpoint line
+    with pytest.raises(UserError, match="interrupted"):
+        build(filled, table)
 
 
 def test_summary_lists_counts(filled, table):
