@@ -426,7 +426,7 @@ def test_nothing_collected_exits_1(tmp_path, search, caplog):
     assert "nothing could be collected" in caplog.text
 
 
-def test_exhausted_source_is_exit_0_but_an_unreachable_one_exit_1(tmp_path, search, caplog):
+def test_exhausted_source_is_exit_0_but_a_failing_search_exit_1(tmp_path, search, caplog):
     caplog.set_level(logging.INFO)
     server = search({"alpha": 2, "beta": 2})
     args = ("--places", table(tmp_path, "alpha", "beta"), "--out", tmp_path / "raw", "--per-place", 5)
