@@ -99,11 +99,10 @@ def crawl_place(place, engine, endpoint, folder: RawFolder, per_place: int, fetc
                 seen.add(cand.url)
                 pending.add(pool.submit(_download, engine, cand, fetcher, folder))
             getattr(results, "close", lambda: None)()  # a generator left early: let it clean up
-            # Let this term's downloads finish: only their failures tell whether the next term is needed.
-            while pending:
-                settle()
-            if rep.saved >= need:
-                break
+            # On to the next term without waiting for this one's downloads: the wait at the top of the loop
+            # holds the next search back for as long as those downloads could still fill the folder.
+        while pending:
+            settle()
     finally:
         for future in pending:  # Ctrl-C: do not start queued downloads; running ones finish whole
             future.cancel()
