@@ -11,12 +11,12 @@ search, or still no photo at all); 0 otherwise, also when the source only had ph
 import logging
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator import config, engines, places
 from locator.cli import ArgumentParser, UserError, run, setup_logging
 from locator.crawler import crawl, summary_table
+from locator.fsio import exclusive
 from locator.http import FetchError, Fetcher, check_url
 from locator.rawstore import RawFolder
 
@@ -75,11 +75,8 @@ def main(argv=None) -> int:
     endpoint = endpoint_for(engine, args)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    try:  # two crawls filling the same folders would race for numbers and delete each other's temp files
-        lock = FileLock(str(args.out / ".crawl.lock"), timeout=0).acquire()
-    except Timeout:
-        raise UserError(f"another crawl is writing to {args.out}; wait for it to finish")
-    with lock:
+    # two crawls filling the same folders would race for numbers and delete each other's temp files
+    with exclusive(args.out / ".crawl", f"another crawl is writing to {args.out}"):
         # Finish what a killed run left: partial downloads removed, files without a manifest line set aside.
         for place in chosen:
             for moved in RawFolder(args.out / place.index).reconcile(args.out.parent):

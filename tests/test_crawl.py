@@ -13,11 +13,12 @@ from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from PIL import Image
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
+
+from genphotos import encode, photo
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -34,12 +35,9 @@ FAST = dict(read_timeout=0.5, connect_timeout=1.0, retries=2, backoff=0.01, max_
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
-def jpeg(seed: int, size=(96, 72), quality=85) -> bytes:
-    """A distinct little photo: noise from its own seed (so no two seeds give the same bytes)."""
-    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+def jpeg(seed: int, size=(96, 72), quality=92) -> bytes:
+    """A distinct little photo (the shared test generator: a different colour field per seed)."""
+    return encode(photo(seed, *size), quality=quality)
 
 
 def photo_tree(root: Path, folders: dict, seed0: int = 0) -> Path:
@@ -129,8 +127,8 @@ def search(tmp_path):
 def test_search_server_commons_shape(search):
     server = search({"alpha": 3})
     with Fetcher(**FAST) as f:
-        data = f.get_json(server.api_url, {"action": "query", "generator": "search", "gsrsearch": "filetype:bitmap Alpha",
-                                           "gsrnamespace": "6", "gsrlimit": "2", "prop": "imageinfo",
+        data = f.get_json(server.api_url, {"action": "query", "generator": "search", "gsrnamespace": "6",
+                                           "gsrsearch": "filetype:bitmap Alpha", "gsrlimit": "2", "prop": "imageinfo",
                                            "iiprop": "url|size|mime|extmetadata", "iiurlwidth": "640"})
         assert data["continue"] == {"gsroffset": 2, "continue": "gsroffset||"}
         pages = sorted(data["query"]["pages"].values(), key=lambda p: p["index"])  # formatversion 1: a dict
@@ -314,7 +312,7 @@ BAD = {  # a bad result -> the reason it is counted under
 def test_bad_result_is_counted_and_costs_no_quota(tmp_path, search, web, case):
     make, reason = BAD[case]
     server = search({"alpha": 3}, extra={"alpha": [make(web)]})
-    [rep] = run_crawl(table(tmp_path, "alpha", "beta"), server.api_url, tmp_path / "raw", 3, max_bytes=100_000)[:1]
+    [rep] = run_crawl(table(tmp_path, "alpha", "beta"), server.api_url, tmp_path / "raw", 3, max_bytes=20_000)[:1]
     assert (rep.found, rep.saved, dict(rep.failed)) == (4, 3, {reason: 1})
     assert len(check_folder(tmp_path / "raw" / "00")) == 3
 
@@ -323,7 +321,7 @@ def test_quota_filled_despite_every_kind_of_failure(tmp_path, search, web):
     bad = [make(web) for make, _ in BAD.values()]
     server = search({"alpha": 5, "beta": 2}, extra={"alpha": bad})
     t0 = time.monotonic()
-    reports = run_crawl(table(tmp_path, "alpha", "beta"), server.api_url, tmp_path / "raw", 5, max_bytes=100_000)
+    reports = run_crawl(table(tmp_path, "alpha", "beta"), server.api_url, tmp_path / "raw", 5, max_bytes=20_000)
     assert reports[0].saved == 5 and sum(reports[0].failed.values()) == len(bad)
     assert sorted(reports[0].failed.elements()) == sorted(reason for _, reason in BAD.values())
     assert len(check_folder(tmp_path / "raw" / "00")) == 5
