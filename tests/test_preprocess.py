@@ -253,3 +253,12 @@ def test_near_pairs_matches_a_plain_double_loop():
     want = {(i, j) for i in range(len(hashes)) for j in range(i + 1, len(hashes))
             if bin(int(hashes[i], 16) ^ int(hashes[j], 16)).count("1") <= 3}
     assert got == want and len(want) >= 60
+
+
+def test_a_new_min_side_applies_to_old_photos_without_decoding_them(data, table):
+    small, big = add(data, "00", encode(photo(110, 60, 50))), add(data, "00", encode(photo(111, 120, 90)))
+    run(data, table)
+    s = run(data, table, min_side=64)
+    m = manifest(data)
+    assert sum(s.new.values()) == 0 and m[small]["reason"] == "too_small" and m[big]["status"] == "kept"
+    assert not (data / small).exists() and not (data / preprocessing.processed_path(small)).exists()
