@@ -78,3 +78,11 @@ SPLIT_SEED = 0                 # salt of the split hash; changing it reshuffles 
 EPOCHS = 50
 BATCH = 64
 SEED = 1337
+ARCH = "compact"               # compact | paper (the study's 6.5 M-parameter net)
+PRECISION = "mixed_bfloat16"   # float32 | mixed_bfloat16 (this CPU has AVX512-BF16; see README's table)
+LR = 3e-3                      # peak of the one-cycle schedule (AdamW)
+WEIGHT_DECAY = 5e-4
+LABEL_SMOOTHING = 0.1
+AUGMENT = 1.0                  # strength of the in-model augmentation (0 = off)
+MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
+UNKNOWN_TRUE_ACCEPT = 0.95     # the unknown threshold keeps this share of validation photos

@@ -1,0 +1,89 @@
+"""Step 4: train the VGG-style CNN on data/dataset/ and save it as a model run (models/runs/<time>/).
+
+    python cnn.py                       # compact net, 50 epochs, bf16, made current
+    python cnn.py --arch paper          # the study's network
+    python cnn.py --resume              # continue the newest interrupted run
+    python cnn.py --no-promote          # train and evaluate, leave models/current alone (pipeline.py)
+"""
+import logging
+from pathlib import Path
+
+from locator import config, runs
+from locator.fsio import atomic_write_json
+from locator.report import summary_table
+from locator.cli import ArgumentParser, UserError, run, setup_logging
+
+log = logging.getLogger("cnn")
+
+
+def parse_args(argv=None):
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=config.DATA, help="data root (default %(default)s)")
+    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
+    ap.add_argument("--arch", choices=("compact", "paper"), default=config.ARCH)
+    ap.add_argument("--epochs", type=int, default=config.EPOCHS)
+    ap.add_argument("--batch", type=int, default=config.BATCH)
+    ap.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=config.PRECISION)
+    ap.add_argument("--lr", type=float, default=config.LR, help="peak learning rate of the one-cycle schedule")
+    ap.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
+    ap.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
+    ap.add_argument("--augment", type=float, default=None,
+                    help="augmentation strength (default: 1 for compact, 0 for paper as in the study)")
+    ap.add_argument("--seed", type=int, default=config.SEED)
+    ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
+    ap.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                    help="continue an interrupted run (default: the newest one without model.h5)")
+    ap.add_argument("--no-promote", action="store_true", help="do not make this run current")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    if a.epochs < 1 or a.batch < 1:
+        ap.error("--epochs and --batch must be at least 1")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    setup_logging(a.verbose)
+    runs.env_threads()
+    from locator import train  # TensorFlow loads here, after the flags are known to be fine
+
+    data = train.load_data(config.dataset_dir(a.data))
+    log.info("dataset: %s train, %s val, %s test photos of %dx%d, %d places",
+             *(len(data.y[s]) for s in train.SPLITS), *data.input_size, len(data.classes))
+    if a.resume:
+        run_dir = runs.unfinished_run(a.models) if a.resume == "latest" else Path(a.resume)
+        if run_dir is None or not (run_dir / "checkpoints").is_dir():
+            raise UserError(f"--resume: no interrupted run to continue in {runs.runs_dir(a.models)}")
+        log.info("resuming %s", run_dir)
+    else:
+        run_dir = runs.new_run(a.models)
+    augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
+    s = train.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
+                       weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
+                       seed=a.seed, name=a.name)
+
+    net, seconds, epochs_run = train.train(data, run_dir, s, progress=not a.no_progress)
+    log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
+             epochs_run * len(data.y["train"]) / max(seconds, 1e-9))
+    model_path = train.save_model(net, run_dir)
+    metrics = train.evaluate(net, data, run_dir)
+    unknown = train.calibrate_unknown(net, data)
+    meta = train.metadata(data, s, metrics, seconds, unknown)
+    meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
+    from locator.fsio import atomic_write_json
+    atomic_write_json(run_dir / "metadata.json", meta)
+
+    print(summary_table(metrics))
+    print(f"run {run_dir}  model {meta['metrics']['model_mb']} MB  {seconds:.0f} s  "
+          f"unknown threshold {unknown['threshold']:.3f}")
+    if a.no_promote:
+        log.info("not promoted (--no-promote): models/current is unchanged")
+    else:
+        runs.promote(a.models, run_dir)
+        log.info("%s is now current", run_dir.name)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,242 @@
+"""Training: the dataset checks, the tf.data input pipeline, the learning-rate schedule and the fit loop.
+
+cnn.py is the thin script on top; tests and pipeline.py call `train()` directly.
+"""
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import config, dataset, report, runs
+from .cli import UserError
+from .fsio import atomic_path, atomic_write_json
+
+log = logging.getLogger("train")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Data:
+    x: dict                      # split -> uint8 (N, H, W, 3)
+    y: dict                      # split -> int (N,)
+    files: dict                  # split -> [raw file]
+    classes: list                # [{class, index, name}]
+    fingerprint: str
+    resize_mode: str
+
+    @property
+    def input_size(self):
+        return list(self.x["train"].shape[1:3])
+
+
+def load_data(folder) -> Data:
+    """Read data/dataset/ and check that it is consistent; any problem is one clear UserError."""
+    folder = Path(folder)
+    classes = dataset.load_classes(folder) if (folder / dataset.CLASSES).exists() else None
+    if classes is None:
+        raise UserError(f"{folder}/{dataset.CLASSES} not found: build the dataset first (python dataset.py)")
+    if [c["class"] for c in classes] != list(range(len(classes))):
+        raise UserError(f"{folder}/{dataset.CLASSES}: class numbers must run 0..{len(classes) - 1}")
+    x, y, files = {}, {}, {}
+    for s in SPLITS:
+        x[s], y[s], files[s] = dataset.load_split(folder, s, mmap=False)
+        if x[s].dtype != np.uint8 or x[s].ndim != 4 or x[s].shape[-1] != 3:
+            raise UserError(f"{folder}/x_{s}.npy: expected uint8 N x H x W x 3, found {x[s].dtype} {x[s].shape}")
+        if not (len(x[s]) == len(y[s]) == len(files[s])):
+            raise UserError(f"{folder}: split {s} has {len(x[s])} images, {len(y[s])} labels and {len(files[s])} "
+                            "file names; rebuild it with python dataset.py")
+        if len(y[s]) and (y[s].min() < 0 or y[s].max() >= len(classes)):
+            raise UserError(f"{folder}/y_{s}.npy: labels outside 0..{len(classes) - 1} (classes.json)")
+        if x[s].shape[1:] != x["train"].shape[1:]:
+            raise UserError(f"{folder}: x_{s} images are {x[s].shape[1:3]}, x_train's are {x['train'].shape[1:3]}")
+        y[s] = y[s].astype(np.int32)
+    if not len(x["train"]) or not len(x["val"]):
+        raise UserError(f"{folder}: the train and validation splits must not be empty")
+    try:
+        summary = dataset.read_summary(folder)
+    except UserError:
+        summary = {}
+    return Data(x, y, files, classes, summary.get("fingerprint", ""),
+                summary.get("resize_mode", config.RESIZE_MODE))
+
+
+def pipeline(x, y, classes: int, batch: int, training: bool, seed: int):
+    """tf.data: arrays -> (uint8 images, one-hot labels), cached, shuffled per epoch (training), prefetched."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, tf.one_hot(y, classes))).cache()
+    if training:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def schedule(peak: float, steps: int, warmup: float = 0.1):
+    """One cycle: linear warm-up to `peak` over the first `warmup` of the steps, then cosine decay to ~0."""
+    import keras
+
+    w = max(1, int(steps * warmup))
+    return keras.optimizers.schedules.CosineDecay(peak / 10, max(1, steps - w), alpha=0.01, warmup_target=peak,
+                                                  warmup_steps=w)
+
+
+@dataclass
+class Settings:
+    arch: str = config.ARCH
+    epochs: int = config.EPOCHS
+    batch: int = config.BATCH
+    precision: str = config.PRECISION
+    lr: float = config.LR
+    weight_decay: float = config.WEIGHT_DECAY
+    label_smoothing: float = config.LABEL_SMOOTHING
+    augment: float = config.AUGMENT
+    seed: int = config.SEED
+    name: str = config.MODEL_NAME
+    jit: bool = True             # XLA: fuses conv+BN+ReLU and the bf16 casts; 2x faster on this CPU (README)
+    extra: dict = field(default_factory=dict)  # architecture options (widths, ...)
+
+
+class _Progress:
+    """One tqdm bar over epochs with the latest validation accuracy (Keras' own bar is per step and noisy)."""
+
+    def __new__(cls, total, initial, enabled):
+        import keras
+        from tqdm import tqdm
+
+        class Bar(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.bar = tqdm(total=total, initial=initial, unit="epoch", desc="training", disable=not enabled)
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                self.bar.update(1)
+                self.bar.set_postfix(acc=f"{logs.get('accuracy', 0):.3f}", val=f"{logs.get('val_accuracy', 0):.3f}")
+
+            def on_train_end(self, logs=None):
+                self.bar.close()
+
+        return Bar()
+
+
+def train(data: Data, run: Path, s: Settings, progress: bool = True):
+    """Fit on train, keep the best epoch by validation accuracy, return (inference model, seconds, epochs run).
+
+    Checkpoints go to run/checkpoints/ every epoch: calling train() again on the same run resumes there.
+    """
+    import keras
+
+    from . import model as models
+
+    keras.mixed_precision.set_global_policy(s.precision)
+    keras.utils.set_random_seed(s.seed)
+    n = len(data.classes)
+    net = models.build(s.arch, tuple(data.x["train"].shape[1:]), n, augment=s.augment, **s.extra)
+    steps = int(np.ceil(len(data.x["train"]) / s.batch)) * s.epochs
+    net.compile(optimizer=keras.optimizers.AdamW(schedule(s.lr, steps), weight_decay=s.weight_decay),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=s.label_smoothing),
+                metrics=["accuracy"], jit_compile=s.jit)
+    ck = run / "checkpoints"
+    ck.mkdir(parents=True, exist_ok=True)
+    (run / "logs").mkdir(exist_ok=True)
+    done = _epochs_done(ck)
+    best = ck / "best.weights.h5"
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(ck / "backup")),   # resume: restores weights, optimizer and epoch
+        keras.callbacks.ModelCheckpoint(str(best), monitor="val_accuracy", mode="max", save_best_only=True,
+                                        save_weights_only=True, initial_value_threshold=_best_so_far(run)),
+        keras.callbacks.CSVLogger(str(run / "logs" / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run / "logs"), write_graph=True, histogram_freq=0),
+        _Progress(s.epochs, done, progress),
+    ]
+    train_ds = pipeline(data.x["train"], data.y["train"], n, s.batch, True, s.seed)
+    val_ds = pipeline(data.x["val"], data.y["val"], n, s.batch * 4, False, s.seed)
+    t0 = time.time()
+    net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, callbacks=callbacks, verbose=0)
+    seconds = time.time() - t0
+    if best.exists():
+        net.load_weights(str(best))
+    return models.for_inference(net), seconds, s.epochs - done
+
+
+def _epochs_done(ck: Path) -> int:
+    """Epochs an interrupted run completed (BackupAndRestore's record), 0 for a fresh run."""
+    meta = ck / "backup" / "training_metadata.json"
+    try:
+        return int(json.loads(meta.read_text())["epoch"]) + 1
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _best_so_far(run: Path):
+    """Best val accuracy logged before an interruption, so a resumed run does not overwrite a better epoch."""
+    try:
+        h = report.read_history(run / "logs" / "history.csv")
+        return max(h.get("val_accuracy", [])) if h.get("val_accuracy") else None
+    except (OSError, ValueError):
+        return None
+
+
+def predict(net, x, batch: int = 256, tta: bool = False) -> np.ndarray:
+    """Class probabilities; with tta the average over the photo and its mirror image."""
+    p = net.predict(x, batch_size=batch, verbose=0)
+    if tta:
+        p = (p + net.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch, verbose=0)) / 2
+    return p
+
+
+def save_model(net, run: Path) -> Path:
+    """model.h5 without optimizer state, written under a temporary .h5 name and renamed."""
+    path = run / "model.h5"
+    with atomic_path(path, suffix=".h5") as tmp:
+        tmp.unlink()  # h5py refuses to open the empty temp file as an HDF5 file
+        net.save(str(tmp), include_optimizer=False)
+    return path
+
+
+def evaluate(net, data: Data, run: Path) -> dict:
+    """Test-split metrics and plots (nothing is chosen on the test split)."""
+    probs = predict(net, data.x["test"])
+    metrics = report.classification_metrics(data.y["test"], probs.argmax(1), data.classes)
+    plots = run / "plots"
+    names = [c["name"] for c in data.classes]
+    hist = run / "logs" / "history.csv"
+    if hist.exists():
+        report.plot_history(report.read_history(hist), plots / "history.png")
+    report.plot_confusion(metrics["confusion"]["matrix"], names, plots / "confusion.png")
+    report.plot_mistakes(np.asarray(data.x["test"]), data.y["test"], probs, names, plots / "mistakes.png")
+    atomic_write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: dict) -> dict:
+    """metadata.json as CONVENTIONS.md defines it: everything a consumer (predict, serve, pipeline) reads."""
+    return {
+        "name": s.name,
+        "created": runs.now_iso(),
+        "arch": s.arch,
+        "precision": s.precision,
+        "epochs": s.epochs,
+        "input_size": data.input_size,
+        "resize_mode": data.resize_mode,
+        "classes": data.classes,
+        "background": False,
+        "dataset_fingerprint": data.fingerprint,
+        "unknown": unknown,
+        "metrics": {k: metrics[k] for k in ("test_accuracy", "macro_f1", "macro_precision", "macro_recall",
+                                            "test_photos")} | {"train_seconds": round(seconds, 1)},
+        "training": {"batch": s.batch, "lr": s.lr, "weight_decay": s.weight_decay,
+                     "label_smoothing": s.label_smoothing, "augment": s.augment, "seed": s.seed, **s.extra},
+        "software": runs.software(),
+    }
+
+
+def calibrate_unknown(net, data: Data, true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:
+    """The "not one of our places" threshold on the max softmax score, set on the validation split so that
+    `true_accept` of its photos are still accepted. predict.py and serve.py read it from metadata.json."""
+    score = predict(net, data.x["val"]).max(1)
+    threshold = float(np.quantile(score, 1 - true_accept))
+    return {"score": "max_softmax", "threshold": round(threshold, 4),
+            "true_accept": round(float((score >= threshold).mean()), 4), "false_accept": None,
+            "calibrated_on": "val"}
