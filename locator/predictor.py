@@ -1,0 +1,76 @@
+"""From photos to place answers: shared by predict.py and serve.py so that both answer exactly alike.
+
+A Predictor holds one model run: it normalises photos with THE image function (images.normalise, with the
+run's input size and resize mode), predicts in batches, applies the "unknown" rule stored in metadata.json and
+turns a probability row into the place answer (index, name, confidence, top 3, coordinates, address, nearby).
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import images, runs
+from .places import PlaceTable
+
+
+@dataclass
+class Predictor:
+    model: object        # keras.Model: uint8 pixels in, probabilities out
+    meta: dict           # metadata.json
+    table: PlaceTable
+    run: Path
+    threshold: float
+
+    @classmethod
+    def load(cls, run, table: PlaceTable, threshold: float | None = None) -> "Predictor":
+        """Load a run and check that its classes match the table (UserError otherwise)."""
+        model, meta = runs.load(run)
+        runs.check_classes(meta, table)
+        if threshold is None:
+            threshold = float((meta.get("unknown") or {}).get("threshold") or 0.0)
+        return cls(model, meta, table, Path(run), threshold)
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["input_size"][0])
+
+    @property
+    def classes(self) -> int:
+        return len(self.meta["classes"])
+
+    def pixels(self, src) -> np.ndarray:
+        """One photo (path, bytes or file object) -> uint8 (H, W, 3). Raises images.ImageRejected."""
+        return images.normalise(src, size=self.size, mode=self.meta["resize_mode"])
+
+    def probabilities(self, x: np.ndarray, batch: int = 128) -> np.ndarray:
+        """uint8 (N, H, W, 3) -> the model's outputs (N, classes [+1 background]) as float32."""
+        if len(x) == 0:
+            return np.zeros((0, self.classes + bool(self.meta.get("background"))), np.float32)
+        return np.asarray(self.model.predict(np.asarray(x, np.uint8), batch_size=batch, verbose=0), np.float32)
+
+    def decide(self, probs_row: np.ndarray):
+        """(class or None for unknown, confidence, place probabilities). Background column, if any, is last."""
+        place_probs = probs_row[: self.classes]
+        cls = int(place_probs.argmax())
+        conf = float(place_probs[cls])
+        background = bool(self.meta.get("background")) and probs_row[-1] > conf
+        return (None if background or conf < self.threshold else cls), conf, place_probs
+
+    def answer(self, probs_row: np.ndarray, nearby: int = 5) -> dict:
+        """The place answer for one photo, as predict.py's JSON and serve.py's /v1/locate give it."""
+        cls, conf, place_probs = self.decide(probs_row)
+        top = np.argsort(-place_probs)[:3]
+        out = {
+            "known": cls is not None,
+            "index": None, "name": "unknown", "confidence": round(conf, 4),
+            "top3": [{"index": self.table.by_class(int(c)).index, "name": self.table.by_class(int(c)).name,
+                      "confidence": round(float(place_probs[c]), 4)} for c in top],
+            "threshold": round(self.threshold, 4),
+        }
+        if cls is not None:
+            p = self.table.by_class(cls)
+            out.update(index=p.index, name=p.name, latitude=p.latitude, longitude=p.longitude,
+                       address=p.address, description=p.description,
+                       nearby=[{"name": a.name, "kind": a.kind, "km": round(km, 2)}
+                               for a, km in self.table.nearby(p, nearby)])
+        return out
