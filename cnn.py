@@ -5,6 +5,7 @@
     python cnn.py --resume              # continue the newest interrupted run
     python cnn.py --no-promote          # train and evaluate, leave models/current alone (pipeline.py)
 """
+import argparse
 import logging
 from pathlib import Path
 
@@ -14,6 +15,17 @@ from locator.report import summary_table
 from locator.cli import ArgumentParser, UserError, run, setup_logging
 
 log = logging.getLogger("cnn")
+
+
+def _widths(text):
+    """'8,16' -> (8, 16): the compact net's block widths."""
+    try:
+        w = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        w = ()
+    if not w or min(w) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 32,64,128")
+    return w
 
 
 def parse_args(argv=None):
@@ -29,6 +41,13 @@ def parse_args(argv=None):
     ap.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
     ap.add_argument("--augment", type=float, default=None,
                     help="augmentation strength (default: 1 for compact, 0 for paper as in the study)")
+    ap.add_argument("--widths", type=_widths, metavar="W1,W2,...",
+                    help="compact net: conv widths of its blocks, e.g. 8,16 for a tiny test net "
+                         "(default: model.compact's)")
+    ap.add_argument("--stem", type=int, metavar="W", help="compact net: width of the stem conv, 0 for none "
+                    "(default: model.compact's)")
+    ap.add_argument("--no-background", action="store_true",
+                    help="no 'none of our places' output even if the dataset has negatives")
     ap.add_argument("--seed", type=int, default=config.SEED)
     ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
     ap.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
@@ -61,14 +80,14 @@ def main(argv=None):
     augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
     s = train.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
-                       seed=a.seed, name=a.name)
+                       seed=a.seed, name=a.name, background=not a.no_background)
 
     net, seconds, epochs_run = train.train(data, run_dir, s, progress=not a.no_progress)
     log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
              epochs_run * len(data.y["train"]) / max(seconds, 1e-9))
     model_path = train.save_model(net, run_dir)
     metrics = train.evaluate(net, data, run_dir)
-    unknown = train.calibrate_unknown(net, data)
+    unknown = train.calibrate_unknown(net, data, s)
     meta = train.metadata(data, s, metrics, seconds, unknown)
     meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
     from locator.fsio import atomic_write_json

@@ -9,6 +9,8 @@ near-duplicate group is in two splits (README: "dataset.py"). Prints photos per 
 input, such as a place too small to appear in every split.
 """
 import logging
+from pathlib import Path
+
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator import config, dataset, places
@@ -27,6 +29,9 @@ def parse_args(argv=None):
                          "(default: such a place is an error)")
     ap.add_argument("--seed", type=int, default=config.SPLIT_SEED,
                     help="salt of the split hash; another seed gives other splits (default %(default)s)")
+    ap.add_argument("--negatives", type=Path, default=None,
+                    help="folder of everyday photos showing none of the places, for the model's background class "
+                         "(default: DATA/negatives if it exists)")
     add_data_flags(ap)
     return ap.parse_args(argv)
 
@@ -38,9 +43,15 @@ def main(argv=None) -> int:
     if args.min_per_class is not None and args.min_per_class < 1:
         raise UserError("--min-per-class must be at least 1")
     table = places.load(args.places)
+    negatives = args.negatives
+    if negatives is None and config.negatives_dir(args.data).is_dir():
+        negatives = config.negatives_dir(args.data)
     with logging_redirect_tqdm():
-        plan = dataset.build(args.data, table, split, args.seed, args.min_per_class, progress=not args.no_progress)
+        plan = dataset.build(args.data, table, split, args.seed, args.min_per_class, progress=not args.no_progress,
+                             negatives=negatives)
     print(format_table(*dataset.count_rows(plan, table)))
+    if any(plan.negatives.values()):
+        print("negatives (background): " + ", ".join(f"{s} {len(plan.negatives[s])}" for s in dataset.SPLITS))
     dest = config.dataset_dir(args.data)
     if plan.up_to_date:
         log.info("nothing to do: %s is up to date (fingerprint %s)", dest, plan.fingerprint)

@@ -32,6 +32,11 @@ def rejected_csv(data: Path) -> Path:
     return Path(data) / "rejected.csv"
 
 
+def negatives_dir(data: Path) -> Path:
+    """Everyday photos of none of the places (dataset.py --negatives default): the background class."""
+    return Path(data) / "negatives"
+
+
 def review_dir(data: Path) -> Path:
     return Path(data) / "review"
 

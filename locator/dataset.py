@@ -151,10 +151,14 @@ class Plan:
     rescued: list = field(default_factory=list)  # [{index, raw_file, from, to}]
     fingerprint: str = ""
     up_to_date: bool = False
+    negatives: dict = field(default_factory=dict)  # split -> [(relative name, path)]: "none of our places"
 
 
-def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None) -> Plan:
-    """Decide every row (which photo, which split) from data/processed/manifest.jsonl; nothing is written."""
+def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None, negatives=None) -> Plan:
+    """Decide every row (which photo, which split) from data/processed/manifest.jsonl; nothing is written.
+
+    `negatives`: a folder of everyday photos that show none of the places (any depth); they are packed as
+    xneg_*.npy for the model's background class, split by a hash of their path like the places' photos."""
     manifest = config.processed_manifest(data)
     records = read_manifest(data).values()
     if any(r["status"] == PENDING for r in records):
@@ -203,18 +207,39 @@ def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=
         rows[s].sort(key=lambda r: (int(r["index"], 16), r["raw_file"]))
     left = {p.index for p, _, _ in short}
     classes = [{**c, "left_out": True} if c["index"] in left else c for c in table.classes()]
-    fp = fingerprint([(s, r["raw_file"], r["raw_sha256"], int(r["index"], 16)) for s in SPLITS for r in rows[s]],
+    neg = plan_negatives(negatives, split, seed)
+    fp = fingerprint([(s, r["raw_file"], r["raw_sha256"], int(r["index"], 16)) for s in SPLITS for r in rows[s]]
+                     + [(s, "negatives/" + name, p.stat().st_size, -1) for s in SPLITS for name, p in neg[s]],
                      size, mode)
     for r in rescued:
         log.info("place %s: %s moved %s -> %s so that %s is not empty (see summary.json)",
                  r["index"], r["raw_file"], r["from"], r["to"], r["to"])
-    return Plan(size, mode, rows, classes, counts, sorted(left), rescued, fp)
+    return Plan(size, mode, rows, classes, counts, sorted(left), rescued, fp, negatives=neg)
 
 
-def build(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None, progress=True) -> Plan:
+NEGATIVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def plan_negatives(folder, split=config.SPLIT, seed=config.SPLIT_SEED) -> dict:
+    """split -> [(path relative to folder, path)] of the everyday photos under `folder` (empty without one)."""
+    out = {s: [] for s in SPLITS}
+    if not folder:
+        return out
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--negatives {folder}: not a folder")
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in NEGATIVE_SUFFIXES and p.is_file():
+            name = p.relative_to(folder).as_posix()
+            out[split_of("negative:" + name, split, seed)].append((name, p))
+    return out
+
+
+def build(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None, progress=True,
+          negatives=None) -> Plan:
     """Write data/dataset/ whole: into a temporary folder beside it, then swapped in by two renames."""
     data = Path(data)
-    pl = plan(data, table, split, seed, min_per_class)
+    pl = plan(data, table, split, seed, min_per_class, negatives)
     dest = config.dataset_dir(data)
     with exclusive(dest, f"another dataset.py is writing {dest}"):
         _recover(dest)
@@ -256,6 +281,8 @@ def _write(data, tmp, pl, split, seed, progress):
             del x
             np.save(tmp / f"y_{s}.npy", np.array([int(r["index"], 16) for r in rows], dtype=np.int64))
             (tmp / f"files_{s}.txt").write_text("".join(r["raw_file"] + "\n" for r in rows), encoding="utf-8")
+            if pl.negatives[s]:
+                _write_negatives(tmp, s, pl)
     atomic_write_json(tmp / CLASSES, pl.classes)
     atomic_write_json(tmp / SUMMARY, {
         "fingerprint": pl.fingerprint,
@@ -264,10 +291,33 @@ def _write(data, tmp, pl, split, seed, progress):
         "split": dict(zip(SPLITS, split)), "seed": seed,
         "totals": {s: len(pl.rows[s]) for s in SPLITS},
         "counts": pl.counts, "left_out": pl.left_out, "rescued": pl.rescued,
+        "negatives": {s: len(pl.negatives[s]) for s in SPLITS},
     })
     for p in tmp.iterdir():  # durable before the swap makes them the dataset
         with open(p, "rb") as f:
             os.fsync(f.fileno())
+
+
+def _write_negatives(tmp, s, pl) -> None:
+    """xneg_<split>.npy + files_neg_<split>.txt: everyday photos through THE normalisation function."""
+    from .images import ImageRejected, normalise
+
+    arrays, names = [], []
+    for name, path in pl.negatives[s]:
+        try:
+            arrays.append(normalise(path, pl.size, pl.mode))
+            names.append(name)
+        except ImageRejected as e:
+            log.warning("negative photo %s skipped: %s", path, e)
+    x = np.stack(arrays) if arrays else np.zeros((0, pl.size, pl.size, 3), np.uint8)
+    np.save(tmp / f"xneg_{s}.npy", x)
+    (tmp / f"files_neg_{s}.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+
+
+def load_negatives(dataset_dir, split: str):
+    """Everyday photos of one split (uint8 N x H x W x 3), or None when the dataset was built without them."""
+    path = Path(dataset_dir) / f"xneg_{split}.npy"
+    return np.load(path) if path.exists() else None
 
 
 def _load_png(data, r, size) -> np.ndarray:

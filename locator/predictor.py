@@ -13,6 +13,22 @@ from . import images, runs
 from .places import PlaceTable
 
 
+def acceptance(probs: np.ndarray, classes: int, background: bool):
+    """The "unknown" rule's inputs for a batch: (best place, score). A photo is accepted when score >= threshold.
+
+    The score is the best place's probability; with a background output ("none of our places", the last
+    column) a photo whose background probability beats every place scores 0, so no threshold accepts it.
+    train.calibrate_unknown sets the threshold with this same function.
+    """
+    probs = np.asarray(probs)
+    place = probs[:, :classes]
+    best = place.argmax(1)
+    score = place.max(1)
+    if background:
+        score = np.where(probs[:, -1] > score, 0.0, score)
+    return best, score
+
+
 @dataclass
 class Predictor:
     model: object        # keras.Model: uint8 pixels in, probabilities out
@@ -51,10 +67,9 @@ class Predictor:
     def decide(self, probs_row: np.ndarray):
         """(class or None for unknown, confidence, place probabilities). Background column, if any, is last."""
         place_probs = probs_row[: self.classes]
-        cls = int(place_probs.argmax())
-        conf = float(place_probs[cls])
-        background = bool(self.meta.get("background")) and probs_row[-1] > conf
-        return (None if background or conf < self.threshold else cls), conf, place_probs
+        best, score = acceptance(probs_row[None], self.classes, bool(self.meta.get("background")))
+        cls, conf = int(best[0]), float(place_probs[best[0]])
+        return (cls if score[0] >= self.threshold and score[0] > 0 else None), conf, place_probs
 
     def answer(self, probs_row: np.ndarray, nearby: int = 5) -> dict:
         """The place answer for one photo, as predict.py's JSON and serve.py's /v1/locate give it."""

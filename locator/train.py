@@ -26,6 +26,7 @@ class Data:
     classes: list                # [{class, index, name}]
     fingerprint: str
     resize_mode: str
+    neg: dict = field(default_factory=dict)  # split -> everyday photos (background class), when packed
 
     @property
     def input_size(self):
@@ -59,8 +60,9 @@ def load_data(folder) -> Data:
         summary = dataset.read_summary(folder)
     except UserError:
         summary = {}
+    neg = {s: n for s in SPLITS if (n := dataset.load_negatives(folder, s)) is not None}
     return Data(x, y, files, classes, summary.get("fingerprint", ""),
-                summary.get("resize_mode", config.RESIZE_MODE))
+                summary.get("resize_mode", config.RESIZE_MODE), neg)
 
 
 def pipeline(x, y, classes: int, batch: int, training: bool, seed: int):
@@ -94,6 +96,7 @@ class Settings:
     augment: float = config.AUGMENT
     seed: int = config.SEED
     name: str = config.MODEL_NAME
+    background: bool = True      # learn a "none of our places" output from the dataset's negatives, if packed
     jit: bool = True             # XLA: fuses conv+BN+ReLU and the bf16 casts; 2x faster on this CPU (README)
     extra: dict = field(default_factory=dict)  # architecture options (widths, ...)
 
@@ -131,7 +134,7 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True):
 
     keras.mixed_precision.set_global_policy(s.precision)
     keras.utils.set_random_seed(s.seed)
-    n = len(data.classes)
+    n = len(data.classes) + uses_background(data, s)
     net = models.build(s.arch, tuple(data.x["train"].shape[1:]), n, augment=s.augment, **s.extra)
     steps = int(np.ceil(len(data.x["train"]) / s.batch)) * s.epochs
     net.compile(optimizer=keras.optimizers.AdamW(schedule(s.lr, steps), weight_decay=s.weight_decay),
@@ -150,14 +153,27 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True):
         keras.callbacks.TensorBoard(str(run / "logs"), write_graph=True, histogram_freq=0),
         _Progress(s.epochs, done, progress),
     ]
-    train_ds = pipeline(data.x["train"], data.y["train"], n, s.batch, True, s.seed)
-    val_ds = pipeline(data.x["val"], data.y["val"], n, s.batch * 4, False, s.seed)
+    train_ds = pipeline(*with_background(data, "train", s), n, s.batch, True, s.seed)
+    val_ds = pipeline(*with_background(data, "val", s), n, s.batch * 4, False, s.seed)
     t0 = time.time()
     net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, callbacks=callbacks, verbose=0)
     seconds = time.time() - t0
     if best.exists():
         net.load_weights(str(best))
     return models.for_inference(net), seconds, s.epochs - done
+
+
+def uses_background(data: Data, s: Settings) -> bool:
+    return bool(s.background and len(data.neg.get("train", ())))
+
+
+def with_background(data: Data, split: str, s: Settings):
+    """(x, y) of a split, plus its everyday photos labelled with the extra last class when the model has one."""
+    x, y = data.x[split], data.y[split]
+    neg = data.neg.get(split)
+    if not uses_background(data, s) or neg is None or not len(neg):
+        return x, y
+    return np.concatenate([x, neg]), np.concatenate([y, np.full(len(neg), len(data.classes), np.int32)])
 
 
 def _epochs_done(ck: Path) -> int:
@@ -197,7 +213,7 @@ def save_model(net, run: Path) -> Path:
 
 def evaluate(net, data: Data, run: Path) -> dict:
     """Test-split metrics and plots (nothing is chosen on the test split)."""
-    probs = predict(net, data.x["test"])
+    probs = predict(net, data.x["test"])[:, :len(data.classes)]  # closed set: the best of our places
     metrics = report.classification_metrics(data.y["test"], probs.argmax(1), data.classes)
     plots = run / "plots"
     names = [c["name"] for c in data.classes]
@@ -221,7 +237,7 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
         "input_size": data.input_size,
         "resize_mode": data.resize_mode,
         "classes": data.classes,
-        "background": False,
+        "background": uses_background(data, s),
         "dataset_fingerprint": data.fingerprint,
         "unknown": unknown,
         "metrics": {k: metrics[k] for k in ("test_accuracy", "macro_f1", "macro_precision", "macro_recall",
@@ -232,11 +248,25 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
     }
 
 
-def calibrate_unknown(net, data: Data, true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:
-    """The "not one of our places" threshold on the max softmax score, set on the validation split so that
-    `true_accept` of its photos are still accepted. predict.py and serve.py read it from metadata.json."""
-    score = predict(net, data.x["val"]).max(1)
+def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:
+    """The "not one of our places" threshold, set on the validation split so that `true_accept` of its photos
+    are still accepted (predictor.acceptance is the rule). The false-accept rate is measured on the validation
+    negatives, and on the test split's places and negatives for the record. predict.py and serve.py read it
+    from metadata.json."""
+    from .predictor import acceptance
+
+    bg, n = uses_background(data, s), len(data.classes)
+    _, score = acceptance(predict(net, data.x["val"]), n, bg)
     threshold = float(np.quantile(score, 1 - true_accept))
-    return {"score": "max_softmax", "threshold": round(threshold, 4),
-            "true_accept": round(float((score >= threshold).mean()), 4), "false_accept": None,
-            "calibrated_on": "val"}
+    threshold = max(threshold, 1e-6)  # never accept what the background output rejected (score 0)
+    out = {"score": "max_softmax" + ("+background" if bg else ""), "threshold": round(threshold, 4),
+           "true_accept": round(float((score >= threshold).mean()), 4), "false_accept": None,
+           "calibrated_on": "val"}
+    _, test_score = acceptance(predict(net, data.x["test"]), n, bg)
+    out["test_true_accept"] = round(float((test_score >= threshold).mean()), 4)
+    for split in ("val", "test"):
+        if len(data.neg.get(split, ())):
+            _, neg_score = acceptance(predict(net, data.neg[split]), n, bg)
+            out[f"{split}_negatives_false_accept"] = round(float((neg_score >= threshold).mean()), 4)
+    out["false_accept"] = out.get("val_negatives_false_accept")
+    return out
