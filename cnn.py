@@ -48,6 +48,9 @@ def parse_args(argv=None):
                     "(default: model.compact's)")
     ap.add_argument("--no-background", action="store_true",
                     help="no 'none of our places' output even if the dataset has negatives")
+    ap.add_argument("--shuffle-labels", action="store_true",
+                    help="for testing only: train on shuffled train/val labels, a deliberately bad model "
+                         "(tests pipeline.py's promotion check)")
     ap.add_argument("--seed", type=int, default=config.SEED)
     ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
     ap.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
@@ -70,6 +73,12 @@ def main(argv=None):
     data = train.load_data(config.dataset_dir(a.data))
     log.info("dataset: %s train, %s val, %s test photos of %dx%d, %d places",
              *(len(data.y[s]) for s in train.SPLITS), *data.input_size, len(data.classes))
+    if a.shuffle_labels:
+        import numpy as np
+
+        rng = np.random.default_rng(a.seed)
+        data.y.update({s: rng.permutation(data.y[s]) for s in ("train", "val")})
+        log.warning("--shuffle-labels: training on shuffled labels (testing only; this model is meant to be bad)")
     if a.resume:
         run_dir = runs.unfinished_run(a.models) if a.resume == "latest" else Path(a.resume)
         if run_dir is None or not (run_dir / "checkpoints").is_dir():
@@ -80,7 +89,8 @@ def main(argv=None):
     augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
     s = train.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
-                       seed=a.seed, name=a.name, background=not a.no_background)
+                       seed=a.seed, name=a.name, background=not a.no_background,
+                       extra={k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None})
 
     net, seconds, epochs_run = train.train(data, run_dir, s, progress=not a.no_progress)
     log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
