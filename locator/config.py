@@ -41,6 +41,11 @@ def review_dir(data: Path) -> Path:
     return Path(data) / "review"
 
 
+def serving_dir(models: Path) -> Path:
+    """models/serving/<model name>/<version>/: SavedModel exports in TensorFlow Serving's layout."""
+    return Path(models) / "serving"
+
+
 # --- place table ---
 MIN_PLACES, MAX_PLACES = 2, 256
 
@@ -91,3 +96,19 @@ LABEL_SMOOTHING = 0.1
 AUGMENT = 1.0                  # strength of the in-model augmentation (0 = off)
 MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
 UNKNOWN_TRUE_ACCEPT = 0.95     # the unknown threshold keeps this share of validation photos
+
+# --- serving (serve.py; TensorFlow Serving's REST API) ---
+HOST = "127.0.0.1"             # loopback unless --host says otherwise: a public server is a deliberate choice
+PORT = 8501                    # TF Serving's REST port
+SERVING_KEEP = 10              # exported versions kept per model (older ones are removed; their runs stay)
+BATCH_MAX = 32                 # photos per model call at most
+BATCH_WINDOW = 0.002           # seconds a model call waits for more requests to join it (TF Serving's
+                               # batch_timeout_micros); while a call runs, arrivals queue and join the next
+QUEUE_MAX = 128                # photos waiting for the model; more -> 503 with Retry-After
+MAX_CONNECTIONS = 64           # open connections; more -> 503 at once (each costs a thread)
+MAX_BODY = 16 * 1024 * 1024    # bytes of one request body; more -> 413 (a phone photo is 2-8 MB)
+REQUEST_TIMEOUT = 10.0         # seconds a request may wait for the model -> 504
+READ_TIMEOUT = 10.0            # seconds of client silence while sending a request -> 408 (slow clients)
+RELOAD_POLL = 2.0              # seconds between looks for a new exported version
+RETRY_AFTER = 1                # seconds, the Retry-After of a 503
+NEARBY = 5                     # attractions in a place answer

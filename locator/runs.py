@@ -53,12 +53,21 @@ def current(models):
     return run if (run / "model.h5").exists() else None
 
 
-def promote(models, run) -> None:
-    """Make `run` current (atomic replace of the one-line file)."""
+def promote(models, run) -> Path:
+    """Make `run` current: export it for serving, then replace the one-line file atomically. Returns the
+    serving version folder (models/serving/<name>/<version>/).
+
+    The single entry point of promotion (cnn.py, pipeline.py, a rollback): exports are made here and only here.
+    Export first: if it fails, nothing has changed, and serve.py never lags behind predict.py's current model.
+    """
+    from . import serving  # TensorFlow is imported only by those who promote
+
     run = Path(run)
     if not (run / "model.h5").exists():
         raise UserError(f"{run} has no model.h5; only a finished run can be made current")
+    version = serving.export(models, run)
     atomic_write_text(Path(models) / CURRENT, run.name + "\n")
+    return version
 
 
 def resolve(models, model_arg=None) -> Path:

@@ -1,0 +1,96 @@
+"""Serving exports: made by runs.promote, in TensorFlow Serving's layout, readable by its tools, predicting like
+the .h5 in a fresh process; versions on promotion, rollback and failure."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import servekit
+from locator import runs, serving
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("serving")
+
+
+@pytest.fixture
+def models(tmp_path):
+    return tmp_path / "models"
+
+
+def test_promotion_exports_a_saved_model_tf_serving_reads(root, models):
+    run = servekit.make_run(root, models)
+    version = runs.promote(models, run)
+
+    assert version == models / "serving" / "landmarks" / "1"
+    assert runs.current(models) == run
+    assert json.loads((version / "assets.extra" / "metadata.json").read_text()) == runs.read_metadata(run)
+    assert serving.export_info(version)["run"] == run.name
+    # the signature the real tensorflow_model_server would serve, as TensorFlow's own tool reads it
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    out = subprocess.run([str(cli), "show", "--all", "--dir", str(version)], capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=True).stdout
+    sig = out[out.index("signature_def['serving_default']"):]
+    for want in ("inputs['pixels'] tensor_info", "dtype: DT_UINT8", f"shape: (-1, {servekit.SIZE}, "
+                 f"{servekit.SIZE}, 3)", "outputs['probs'] tensor_info", "dtype: DT_FLOAT",
+                 f"shape: (-1, {servekit.PLACES})", "Method name is: tensorflow/serving/predict"):
+        assert want in sig, want
+
+
+def test_export_predicts_like_the_h5_in_a_fresh_process(root, models, tmp_path):
+    run = servekit.make_run(root, models)
+    version = runs.promote(models, run)
+    x = np.stack([np.asarray(servekit.place_photo(c % 3, 50 + c).resize((servekit.SIZE,) * 2)) for c in range(6)])
+    np.save(tmp_path / "x.npy", x)
+    script = ("import sys, numpy as np, tensorflow as tf\n"
+              "f = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
+              "x = np.load(sys.argv[2])\n"
+              "np.save(sys.argv[3], f(pixels=tf.constant(x))['probs'].numpy())\n")
+    subprocess.run([sys.executable, "-c", script, str(version), str(tmp_path / "x.npy"), str(tmp_path / "p.npy")],
+                   check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    exported = np.load(tmp_path / "p.npy")
+    model, _ = runs.load(run)
+    h5 = model.predict(x, verbose=0)
+    assert exported.shape == (6, servekit.PLACES)
+    np.testing.assert_allclose(exported, h5, atol=1e-5)
+    assert exported.argmax(1).tolist() == [c % 3 for c in range(6)]  # and the tiny model does know the places
+
+
+def test_versions_on_promotion_repeat_and_rollback(root, models):
+    a, b = servekit.make_run(root, models), servekit.make_run(root, models)
+    assert runs.promote(models, a).name == "1"
+    assert runs.promote(models, a).name == "1"         # promoting the served run again exports nothing
+    assert runs.promote(models, b).name == "2"
+    rollback = runs.promote(models, a)                 # back to a: a new, higher version, so servers load it
+    assert rollback.name == "3" and serving.export_info(rollback)["run"] == a.name
+    assert runs.current(models) == a
+    assert serving.versions(models / "serving" / "landmarks") == [1, 2, 3]
+
+
+def test_export_uses_the_model_name_and_keeps_the_newest(root, models):
+    run = servekit.make_run(root, models, name="seoul")
+    others = [servekit.make_run(root, models, name="seoul") for _ in range(2)]
+    for r in [run, *others]:
+        serving.export(models, r, keep=2)
+    assert serving.versions(models / "serving" / "seoul") == [2, 3]
+    assert not (models / "serving" / "landmarks").exists()
+
+
+def test_a_failed_export_changes_nothing(root, models):
+    good = servekit.make_run(root, models)
+    runs.promote(models, good)
+    bad = servekit.make_run(root, models)
+    (bad / "model.h5").write_bytes(b"not an HDF5 file")
+    base = models / "serving" / "landmarks"
+    (base / ".tmp-999999-7").mkdir()                   # left by an export that was killed
+    with pytest.raises(Exception):
+        runs.promote(models, bad)
+    assert runs.current(models) == good                # still the good run, for predict.py and serve.py alike
+    assert sorted(p.name for p in base.iterdir() if not p.name.startswith(".export")) == ["1"]
