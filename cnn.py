@@ -46,6 +46,8 @@ def parse_args(argv=None):
                          "(default: model.compact's)")
     ap.add_argument("--stem", type=int, metavar="W", help="compact net: width of the stem conv, 0 for none "
                     "(default: model.compact's)")
+    ap.add_argument("--no-jit", action="store_true",
+                    help="no XLA compilation: starts sooner, trains slower (tiny test runs, debugging)")
     ap.add_argument("--no-background", action="store_true",
                     help="no 'none of our places' output even if the dataset has negatives")
     ap.add_argument("--shuffle-labels", action="store_true",
@@ -54,14 +56,50 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=config.SEED)
     ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
     ap.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
-                    help="continue an interrupted run (default: the newest one without model.h5)")
+                    help="continue an interrupted run (default: the newest one without model.h5) with the "
+                         "settings it started with")
     ap.add_argument("--no-promote", action="store_true", help="do not make this run current")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     if a.epochs < 1 or a.batch < 1:
         ap.error("--epochs and --batch must be at least 1")
+    if a.stem is not None and a.stem < 0:
+        ap.error("--stem must be 0 (no stem) or a positive width")
+    if a.arch != "compact" and (a.widths or a.stem is not None):
+        ap.error("--widths and --stem shape the compact net; --arch paper is the study's fixed network")
     return a
+
+
+def settings(a):
+    """The training settings the flags ask for."""
+    from locator import train
+
+    augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
+    return train.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
+                          weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
+                          seed=a.seed, name=a.name, background=not a.no_background, jit=not a.no_jit,
+                          extra={k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None})
+
+
+def resumed_settings(a, run_dir):
+    """An interrupted run goes on with the settings it started with (checkpoints/started.json), so
+    `cnn.py --resume` needs no other flag; a training flag given now that contradicts them is a mistake."""
+    from dataclasses import asdict
+
+    from locator import train
+
+    started = train.started_settings(run_dir)
+    if started is None:  # a run from before settings were recorded: the flags must repeat them
+        return settings(a)
+    given, default, kept = asdict(settings(a)), asdict(settings(parse_args([]))), asdict(started)
+    clash = [k for k in given if given[k] != default[k] and given[k] != kept[k]]
+    if clash:
+        what = ", ".join(f"{k} {given[k]!r} (it started with {kept[k]!r})" for k in clash)
+        raise UserError(f"--resume {run_dir}: {what}; a resumed run keeps its settings, so leave the flag out "
+                        "or start a new run")
+    log.info("resuming with the run's own settings: %s", ", ".join(f"{k}={v}" for k, v in kept.items()))
+    return started
 
 
 def main(argv=None):
@@ -83,14 +121,13 @@ def main(argv=None):
         run_dir = runs.unfinished_run(a.models) if a.resume == "latest" else Path(a.resume)
         if run_dir is None or not (run_dir / "checkpoints").is_dir():
             raise UserError(f"--resume: no interrupted run to continue in {runs.runs_dir(a.models)}")
+        if (run_dir / "model.h5").exists():
+            raise UserError(f"--resume {run_dir}: that run finished (it has model.h5); start a new run")
+        s = resumed_settings(a, run_dir)
         log.info("resuming %s", run_dir)
     else:
         run_dir = runs.new_run(a.models)
-    augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
-    s = train.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
-                       weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
-                       seed=a.seed, name=a.name, background=not a.no_background,
-                       extra={k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None})
+        s = settings(a)
 
     net, seconds, epochs_run = train.train(data, run_dir, s, progress=not a.no_progress)
     log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
@@ -100,7 +137,6 @@ def main(argv=None):
     unknown = train.calibrate_unknown(net, data, s)
     meta = train.metadata(data, s, metrics, seconds, unknown)
     meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
-    from locator.fsio import atomic_write_json
     atomic_write_json(run_dir / "metadata.json", meta)
 
     print(summary_table(metrics))

@@ -94,10 +94,21 @@ def _plt():
 
 
 def read_history(csv_path) -> dict:
-    """Keras CSVLogger's file -> {metric: [values per epoch]} (it spans resumed runs)."""
+    """Keras CSVLogger's file -> {metric: [values per epoch]} (it spans resumed runs).
+
+    An epoch logged twice (a run killed after logging it but before its backup redoes it) counts once: the
+    last row, the one the training continued from. A row torn by the kill is dropped."""
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+    keys = list(rows[0]) if rows else []
+    by_epoch = {}
+    for r in rows:
+        try:
+            values = {k: float(r[k]) for k in keys}
+        except (TypeError, ValueError):
+            continue
+        by_epoch[int(values.get("epoch", len(by_epoch)))] = values
+    return {k: [by_epoch[e][k] for e in sorted(by_epoch)] for k in keys}
 
 
 def plot_history(history: dict, path) -> None:

@@ -5,7 +5,7 @@ cnn.py is the thin script on top; tests and pipeline.py call `train()` directly.
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +36,19 @@ class Data:
 def load_data(folder) -> Data:
     """Read data/dataset/ and check that it is consistent; any problem is one clear UserError."""
     folder = Path(folder)
-    classes = dataset.load_classes(folder) if (folder / dataset.CLASSES).exists() else None
-    if classes is None:
-        raise UserError(f"{folder}/{dataset.CLASSES} not found: build the dataset first (python dataset.py)")
-    if [c["class"] for c in classes] != list(range(len(classes))):
-        raise UserError(f"{folder}/{dataset.CLASSES}: class numbers must run 0..{len(classes) - 1}")
+    classes = _read(folder, lambda: dataset.load_classes(folder))
+    if not isinstance(classes, list) or [c.get("class") if isinstance(c, dict) else None for c in classes] \
+            != list(range(len(classes))) or not classes:
+        raise UserError(f"{folder}/{dataset.CLASSES}: expected a list of {{class, index, name}} with class numbers "
+                        "0, 1, 2, ...; rebuild it with python dataset.py")
     x, y, files = {}, {}, {}
     for s in SPLITS:
-        x[s], y[s], files[s] = dataset.load_split(folder, s, mmap=False)
+        x[s], y[s], files[s] = _read(folder, lambda: dataset.load_split(folder, s, mmap=False))
         if x[s].dtype != np.uint8 or x[s].ndim != 4 or x[s].shape[-1] != 3:
             raise UserError(f"{folder}/x_{s}.npy: expected uint8 N x H x W x 3, found {x[s].dtype} {x[s].shape}")
+        if y[s].ndim != 1 or not np.issubdtype(y[s].dtype, np.integer):
+            raise UserError(f"{folder}/y_{s}.npy: expected integer class numbers (N,), found {y[s].dtype} "
+                            f"{y[s].shape}; rebuild it with python dataset.py")
         if not (len(x[s]) == len(y[s]) == len(files[s])):
             raise UserError(f"{folder}: split {s} has {len(x[s])} images, {len(y[s])} labels and {len(files[s])} "
                             "file names; rebuild it with python dataset.py")
@@ -54,15 +57,28 @@ def load_data(folder) -> Data:
         if x[s].shape[1:] != x["train"].shape[1:]:
             raise UserError(f"{folder}: x_{s} images are {x[s].shape[1:3]}, x_train's are {x['train'].shape[1:3]}")
         y[s] = y[s].astype(np.int32)
-    if not len(x["train"]) or not len(x["val"]):
-        raise UserError(f"{folder}: the train and validation splits must not be empty")
+    empty = [s for s in SPLITS if not len(x[s])]
+    if empty:
+        raise UserError(f"{folder}: the {' and '.join(empty)} split(s) are empty; training needs photos in train, "
+                        "val (best epoch, unknown threshold) and test (metrics)")
     try:
         summary = dataset.read_summary(folder)
     except UserError:
         summary = {}
-    neg = {s: n for s in SPLITS if (n := dataset.load_negatives(folder, s)) is not None}
+    neg = {s: n for s in SPLITS if (n := _read(folder, lambda: dataset.load_negatives(folder, s))) is not None}
     return Data(x, y, files, classes, summary.get("fingerprint", ""),
                 summary.get("resize_mode", config.RESIZE_MODE), neg)
+
+
+def _read(folder: Path, load):
+    """Run a loader of data/dataset/ files; a missing or unreadable file becomes one UserError naming it."""
+    try:
+        return load()
+    except FileNotFoundError as e:
+        raise UserError(f"{e.filename or folder}: not found; build the dataset first (python dataset.py)")
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{folder}: unreadable dataset file ({type(e).__name__}: {str(e)[:120]}); rebuild it "
+                        "with python dataset.py")
 
 
 def pipeline(x, y, classes: int, batch: int, training: bool, seed: int):
@@ -128,6 +144,9 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True):
 
     Checkpoints go to run/checkpoints/ every epoch: calling train() again on the same run resumes there.
     """
+    ck = run / "checkpoints"
+    _pin(ck, data, s)  # before TensorFlow loads: a mismatched resume fails at once
+
     import keras
 
     from . import model as models
@@ -136,31 +155,95 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True):
     keras.utils.set_random_seed(s.seed)
     n = len(data.classes) + uses_background(data, s)
     net = models.build(s.arch, tuple(data.x["train"].shape[1:]), n, augment=s.augment, **s.extra)
-    steps = int(np.ceil(len(data.x["train"]) / s.batch)) * s.epochs
+    train_xy = with_background(data, "train", s)
+    steps = int(np.ceil(len(train_xy[0]) / s.batch)) * s.epochs  # the negatives are steps too
     net.compile(optimizer=keras.optimizers.AdamW(schedule(s.lr, steps), weight_decay=s.weight_decay),
                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=s.label_smoothing),
                 metrics=["accuracy"], jit_compile=s.jit)
-    ck = run / "checkpoints"
-    ck.mkdir(parents=True, exist_ok=True)
     (run / "logs").mkdir(exist_ok=True)
     done = _epochs_done(ck)
+    if not done:
+        write_graph(net, run / "logs" / "train")
     best = ck / "best.weights.h5"
+    # Order matters under kill -9: an epoch's best weights and its history row are written before the backup
+    # that marks it done, so a resumed run redoes an epoch whose row exists (read_history keeps the last row of
+    # an epoch) rather than skip one whose row is missing. double_checkpoint: a backup torn by the kill falls
+    # back to the one before.
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(ck / "backup")),   # resume: restores weights, optimizer and epoch
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_accuracy", mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=_best_so_far(run)),
         keras.callbacks.CSVLogger(str(run / "logs" / "history.csv"), append=True),
+        keras.callbacks.BackupAndRestore(str(ck / "backup"), double_checkpoint=True),  # weights, optimizer, epoch
         keras.callbacks.TensorBoard(str(run / "logs"), write_graph=True, histogram_freq=0),
         _Progress(s.epochs, done, progress),
     ]
-    train_ds = pipeline(*with_background(data, "train", s), n, s.batch, True, s.seed)
+    train_ds = pipeline(*train_xy, n, s.batch, True, s.seed)
     val_ds = pipeline(*with_background(data, "val", s), n, s.batch * 4, False, s.seed)
     t0 = time.time()
     net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, callbacks=callbacks, verbose=0)
     seconds = time.time() - t0
     if best.exists():
-        net.load_weights(str(best))
+        try:
+            net.load_weights(str(best))
+        except (OSError, ValueError) as e:  # torn by a kill -9 while it was being written
+            log.warning("%s unreadable (%s): keeping the last epoch's weights", best, e)
     return models.for_inference(net), seconds, s.epochs - done
+
+
+def write_graph(net, logdir: Path) -> None:
+    """The op graph of the forward pass, one name scope a layer, for TensorBoard's Graphs tab.
+
+    Keras 3's TensorBoard callback writes only the "conceptual" graph (the model config, tag `keras`); its
+    op-graph writer expects model.train_function to be a tf.function, which in Keras 3 is a plain Python wrapper
+    around one, so it silently writes nothing. Tracing the model once here (~0.1 s) gives the graph the study
+    showed."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: net(x, training=False))
+    graph = forward.get_concrete_function(tf.TensorSpec((None, *net.input_shape[1:]), net.inputs[0].dtype)).graph
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        tf.summary.graph(graph)
+    writer.close()
+
+
+STARTED = "started.json"
+
+
+def _pin(ck: Path, data: Data, s: Settings) -> None:
+    """Record what a run trains (settings, dataset) when it starts; a resumed run must train the same net on the
+    same data, or the restored weights would not fit the net (or silently continue on other photos)."""
+    want = json.loads(json.dumps({"settings": asdict(s), "dataset_fingerprint": data.fingerprint,
+                                  "input_size": data.input_size, "classes": len(data.classes)}))
+    path = ck / STARTED
+    if not path.exists():
+        atomic_write_json(path, want)
+        return
+    have = _read_started(path)
+    diff = sorted(k for k in set(want["settings"]) | set(have.get("settings", {}))
+                  if want["settings"].get(k) != have.get("settings", {}).get(k))
+    diff += [k for k in ("dataset_fingerprint", "input_size", "classes") if want[k] != have.get(k)]
+    if diff:
+        raise UserError(f"{ck.parent} was started with other {', '.join(diff)} ({path}); resume it with its own "
+                        "settings and dataset, or start a new run")
+
+
+def _read_started(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({e}); start a new run")
+
+
+def started_settings(run: Path):
+    """The Settings an interrupted run started with (None for a run from before they were recorded)."""
+    path = Path(run) / "checkpoints" / STARTED
+    if not path.exists():
+        return None
+    s = dict(_read_started(path).get("settings", {}))
+    s["extra"] = {k: tuple(v) if isinstance(v, list) else v for k, v in s.get("extra", {}).items()}
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in s.items() if k in known})
 
 
 def uses_background(data: Data, s: Settings) -> bool:
@@ -180,7 +263,7 @@ def _epochs_done(ck: Path) -> int:
     """Epochs an interrupted run completed (BackupAndRestore's record), 0 for a fresh run."""
     meta = ck / "backup" / "training_metadata.json"
     try:
-        return int(json.loads(meta.read_text())["epoch"]) + 1
+        return int(json.loads(meta.read_text())["epoch"])  # Keras records the next epoch: epochs done
     except (OSError, ValueError, KeyError):
         return 0
 
