@@ -110,12 +110,23 @@ def fingerprint(entries, size: int, mode: str) -> str:
 
 # ---------------------------------------------------------------- reading data/dataset (cnn.py, pipeline.py)
 
-def read_summary(dataset_dir=None) -> dict:
-    path = Path(dataset_dir or config.dataset_dir(config.DATA)) / SUMMARY
+def _read(path: Path, read):
+    """read(path); a missing or unreadable file (deleted, truncated, not what dataset.py writes) is one UserError
+    naming it, not a traceback from numpy or json."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read(path)
     except FileNotFoundError:
         raise UserError(f"{path} not found: build the dataset first (python dataset.py)")
+    except (OSError, ValueError, EOFError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: unreadable ({type(e).__name__}: {str(e)[:100]}); rebuild it with python dataset.py")
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_summary(dataset_dir=None) -> dict:
+    return _read(Path(dataset_dir or config.dataset_dir(config.DATA)) / SUMMARY, _json)
 
 
 def dataset_fingerprint(dataset_dir=None) -> str:
@@ -126,16 +137,14 @@ def dataset_fingerprint(dataset_dir=None) -> str:
 def load_split(dataset_dir, split: str, mmap: bool = True):
     """(x, y, files) of one split; x memory-mapped by default, so a large dataset is not read whole."""
     d = Path(dataset_dir)
-    if not (d / f"x_{split}.npy").exists():
-        raise UserError(f"{d / f'x_{split}.npy'} not found: build the dataset first (python dataset.py)")
-    x = np.load(d / f"x_{split}.npy", mmap_mode="r" if mmap else None)
-    y = np.load(d / f"y_{split}.npy")
-    files = (d / f"files_{split}.txt").read_text(encoding="utf-8").splitlines()
+    x = _read(d / f"x_{split}.npy", lambda p: np.load(p, mmap_mode="r" if mmap else None))
+    y = _read(d / f"y_{split}.npy", np.load)
+    files = _read(d / f"files_{split}.txt", lambda p: p.read_text(encoding="utf-8").splitlines())
     return x, y, files
 
 
 def load_classes(dataset_dir) -> list:
-    return json.loads((Path(dataset_dir) / CLASSES).read_text(encoding="utf-8"))
+    return _read(Path(dataset_dir) / CLASSES, _json)
 
 
 # ---------------------------------------------------------------- building
@@ -317,7 +326,7 @@ def _write_negatives(tmp, s, pl) -> None:
 def load_negatives(dataset_dir, split: str):
     """Everyday photos of one split (uint8 N x H x W x 3), or None when the dataset was built without them."""
     path = Path(dataset_dir) / f"xneg_{split}.npy"
-    return np.load(path) if path.exists() else None
+    return _read(path, np.load) if path.exists() else None
 
 
 def _load_png(data, r, size) -> np.ndarray:

@@ -36,14 +36,14 @@ class Data:
 def load_data(folder) -> Data:
     """Read data/dataset/ and check that it is consistent; any problem is one clear UserError."""
     folder = Path(folder)
-    classes = _read(folder, lambda: dataset.load_classes(folder))
+    classes = dataset.load_classes(folder)
     if not isinstance(classes, list) or [c.get("class") if isinstance(c, dict) else None for c in classes] \
             != list(range(len(classes))) or not classes:
         raise UserError(f"{folder}/{dataset.CLASSES}: expected a list of {{class, index, name}} with class numbers "
                         "0, 1, 2, ...; rebuild it with python dataset.py")
     x, y, files = {}, {}, {}
     for s in SPLITS:
-        x[s], y[s], files[s] = _read(folder, lambda: dataset.load_split(folder, s, mmap=False))
+        x[s], y[s], files[s] = dataset.load_split(folder, s, mmap=False)
         if x[s].dtype != np.uint8 or x[s].ndim != 4 or x[s].shape[-1] != 3:
             raise UserError(f"{folder}/x_{s}.npy: expected uint8 N x H x W x 3, found {x[s].dtype} {x[s].shape}")
         if y[s].ndim != 1 or not np.issubdtype(y[s].dtype, np.integer):
@@ -65,20 +65,9 @@ def load_data(folder) -> Data:
         summary = dataset.read_summary(folder)
     except UserError:
         summary = {}
-    neg = {s: n for s in SPLITS if (n := _read(folder, lambda: dataset.load_negatives(folder, s))) is not None}
+    neg = {s: n for s in SPLITS if (n := dataset.load_negatives(folder, s)) is not None}
     return Data(x, y, files, classes, summary.get("fingerprint", ""),
                 summary.get("resize_mode", config.RESIZE_MODE), neg)
-
-
-def _read(folder: Path, load):
-    """Run a loader of data/dataset/ files; a missing or unreadable file becomes one UserError naming it."""
-    try:
-        return load()
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename or folder}: not found; build the dataset first (python dataset.py)")
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{folder}: unreadable dataset file ({type(e).__name__}: {str(e)[:120]}); rebuild it "
-                        "with python dataset.py")
 
 
 def pipeline(x, y, classes: int, batch: int, training: bool, seed: int):
