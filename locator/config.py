@@ -6,6 +6,7 @@ PLACES = Path("places.xlsx")
 DATA = Path("data")            # root of every data folder below
 MODELS = Path("models")
 TEST_IMAGE = Path("test_image")
+LOGS = Path("logs")            # pipeline.py: one folder per run (log + report.json), cron.log
 
 
 def raw_dir(data: Path) -> Path:
@@ -51,8 +52,9 @@ MIN_PLACES, MAX_PLACES = 2, 256
 
 # --- crawling ---
 PER_PLACE = 300
-WORKERS = 8
-PER_HOST = 4                   # concurrent requests to one host
+WORKERS = 16                   # parallel downloads in all
+PER_HOST = 8                   # concurrent requests to one host (a browser opens 6-8; Commons serves
+                               # thumbnails from its CDN host, the API from another)
 ENGINE = "commons"
 CONNECT_TIMEOUT = 5.0          # seconds
 READ_TIMEOUT = 20.0
@@ -93,6 +95,7 @@ PRECISION = "mixed_bfloat16"   # float32 | mixed_bfloat16 (this CPU has AVX512-B
 LR = 3e-3                      # peak of the one-cycle schedule (AdamW)
 WEIGHT_DECAY = 5e-4
 LABEL_SMOOTHING = 0.1
+CUTMIX = 0.0                   # share of training batches mixed by CutMix (0 = off)
 AUGMENT = 1.0                  # strength of the in-model augmentation (0 = off)
 MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
 UNKNOWN_TRUE_ACCEPT = 0.95     # the unknown threshold keeps this share of validation photos
@@ -112,3 +115,17 @@ READ_TIMEOUT = 10.0            # seconds of client silence while sending a reque
 RELOAD_POLL = 2.0              # seconds between looks for a new exported version
 RETRY_AFTER = 1                # seconds, the Retry-After of a 503
 NEARBY = 5                     # attractions in a place answer
+
+# --- pipeline.py (the scheduled job) ---
+PROMOTE_TOLERANCE = 0.01       # a candidate may trail the current model by this much (accuracy and macro F1, both
+                               # on the current test split) and still be promoted: one or two photos of noise
+CRON_SCHEDULE = "0 3 * * 0"    # the example in README and --help: Sundays at 03:00
+
+# --- predict.py ---
+PREDICT_BATCH = 128            # photos per model call (one call's overhead is spread over the batch)
+PREDICT_WORKERS = 0            # threads decoding photos while the model predicts; 0 = one per core
+RESULTS_SUFFIX = "_results"    # test_image/ -> test_image_results.png (+ _confusion.png) beside the folder
+SHEET_THUMB = 96               # contact sheet: thumbnail side in pixels
+SHEET_COLUMNS = 8
+SHEET_MAX = 480                # photos on a contact sheet; the table, CSV and JSON always list them all
+UNKNOWN_FOLDER = "unknown"     # evaluation: photos under test_image/unknown/ are none of our places
