@@ -11,6 +11,11 @@ class UserError(Exception):
     """A mistake the user can fix (bad flag, bad table, missing folder): one line on stderr, exit 2."""
 
 
+class Busy(UserError):
+    """Another run holds the lock (fsio.exclusive). A UserError for the steps; pipeline.py catches it: a nightly
+    run that finds the previous one still going has nothing to do."""
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -59,16 +59,16 @@ def lock_for(path) -> FileLock:
 @contextlib.contextmanager
 def exclusive(path, busy: str):
     """Hold lock_for(path) for a whole run, or fail at once with `busy` (a UserError): two runs of one step on the
-    same data would undo each other's work."""
+    same data would undo each other's work. (Busy is a UserError.)"""
     from filelock import Timeout
 
-    from .cli import UserError
+    from .cli import Busy
 
     lock = lock_for(path)
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UserError(f"{busy} (lock {lock.lock_file}); wait for it to finish")
+        raise Busy(f"{busy} (lock {lock.lock_file}); wait for it to finish")
     try:
         yield lock
     finally:

@@ -24,12 +24,18 @@ def runs_dir(models) -> Path:
 
 def new_run(models) -> Path:
     """A fresh, empty run folder named by the time (a second later if that name is taken)."""
+    return stamped_dir(runs_dir(models))
+
+
+def stamped_dir(parent) -> Path:
+    """A fresh, empty folder in `parent` named by the local time, YYYYmmdd-HHMMSS (a second later if taken):
+    names sort in time order. Model runs and pipeline.py's run logs are named so."""
     now = dt.datetime.now()
     while True:
-        run = runs_dir(models) / now.strftime("%Y%m%d-%H%M%S")
+        folder = Path(parent) / now.strftime("%Y%m%d-%H%M%S")
         try:
-            run.mkdir(parents=True)
-            return run
+            folder.mkdir(parents=True)
+            return folder
         except FileExistsError:
             now += dt.timedelta(seconds=1)
 
