@@ -106,8 +106,16 @@ def main(argv=None):
     a = parse_args(argv)
     setup_logging(a.verbose)
     runs.env_threads()
-    from locator import train  # TensorFlow loads here, after the flags are known to be fine
+    from locator import train  # TensorFlow loads later, in train(), once flags, run and data are known to be fine
 
+    if a.resume:  # checked before the dataset is read: a resume mistake is the one line the user sees
+        run_dir = runs.unfinished_run(a.models) if a.resume == "latest" else Path(a.resume)
+        if run_dir is None or not (run_dir / "checkpoints").is_dir():
+            raise UserError(f"--resume: no interrupted run to continue in {runs.runs_dir(a.models)}")
+        if (run_dir / "model.h5").exists():
+            raise UserError(f"--resume {run_dir}: that run finished (it has model.h5); start a new run")
+        s = resumed_settings(a, run_dir)
+        log.info("resuming %s", run_dir)
     data = train.load_data(config.dataset_dir(a.data))
     log.info("dataset: %s train, %s val, %s test photos of %dx%d, %d places",
              *(len(data.y[s]) for s in train.SPLITS), *data.input_size, len(data.classes))
@@ -117,17 +125,8 @@ def main(argv=None):
         rng = np.random.default_rng(a.seed)
         data.y.update({s: rng.permutation(data.y[s]) for s in ("train", "val")})
         log.warning("--shuffle-labels: training on shuffled labels (testing only; this model is meant to be bad)")
-    if a.resume:
-        run_dir = runs.unfinished_run(a.models) if a.resume == "latest" else Path(a.resume)
-        if run_dir is None or not (run_dir / "checkpoints").is_dir():
-            raise UserError(f"--resume: no interrupted run to continue in {runs.runs_dir(a.models)}")
-        if (run_dir / "model.h5").exists():
-            raise UserError(f"--resume {run_dir}: that run finished (it has model.h5); start a new run")
-        s = resumed_settings(a, run_dir)
-        log.info("resuming %s", run_dir)
-    else:
-        run_dir = runs.new_run(a.models)
-        s = settings(a)
+    if not a.resume:
+        run_dir, s = runs.new_run(a.models), settings(a)
 
     net, seconds, epochs_run = train.train(data, run_dir, s, progress=not a.no_progress)
     log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
