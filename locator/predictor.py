@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from . import images, runs
+from .cli import UserError
 from .places import PlaceTable
 
 
@@ -40,8 +41,11 @@ class Predictor:
     @classmethod
     def load(cls, run, table: PlaceTable, threshold: float | None = None) -> "Predictor":
         """Load a run and check that its classes match the table (UserError otherwise)."""
-        model, meta = runs.load(run)
-        runs.check_classes(meta, table)
+        runs.check_classes(runs.read_metadata(run), table)  # before TensorFlow loads: a wrong table fails fast
+        try:
+            model, meta = runs.load(run)
+        except (OSError, ValueError) as e:  # a truncated or foreign model.h5: the user's to fix, not a traceback
+            raise UserError(f"{Path(run) / 'model.h5'}: cannot load the model ({type(e).__name__}: {str(e)[:160]})")
         if threshold is None:
             threshold = float((meta.get("unknown") or {}).get("threshold") or 0.0)
         return cls(model, meta, table, Path(run), threshold)
