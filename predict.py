@@ -1,0 +1,140 @@
+"""Step 5: tell where the photos in test_image/ were taken: place, confidence, top 3, location, nearby attractions.
+
+    python predict.py                                # test_image/ (recursively) with models/current
+    python predict.py photos/ --model models/runs/20261126-203211 --csv out.csv --json out.json
+    python predict.py --format tfserving             # {"predictions": [[p0, p1, ...], ...]} on stdout
+    python predict.py --learn                        # keep accepted photos for re-training, others for review
+    python predict.py labelled/ --eval               # subfolders named 00, 0a or n_seoul_tower: accuracy, P/R
+"""
+import json
+import logging
+import sys
+from pathlib import Path
+
+from locator import config, inference, learn, places, results, runs
+from locator.cli import ArgumentParser, UserError, add_data_flags, run, setup_logging
+
+log = logging.getLogger("predict")
+
+
+def parse_args(argv=None):
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", type=Path, default=config.TEST_IMAGE,
+                    help="photos to predict, searched recursively (default %(default)s)")
+    ap.add_argument("--model", help="a model run folder (or its model.h5); default: models/current")
+    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
+    add_data_flags(ap)
+    ap.add_argument("--threshold", type=float, help="accept a place from this confidence on, else 'unknown' "
+                    "(default: the threshold calibrated into the model's metadata.json)")
+    ap.add_argument("--format", choices=("table", "tfserving"), default="table",
+                    help="stdout: a readable table, or TensorFlow Serving's {\"predictions\": [...]} JSON")
+    ap.add_argument("--csv", type=Path, metavar="FILE", help="write one CSV row a photo")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="write every answer as JSON")
+    ap.add_argument("--sheet", type=Path, metavar="FILE.png",
+                    help="contact sheet (default: beside --json/--csv, else <folder>_results.png beside the folder)")
+    ap.add_argument("--no-sheet", action="store_true", help="no contact sheet")
+    ap.add_argument("--eval", action="store_true", help="insist on evaluation mode (it is on by itself when photos "
+                    "sit in subfolders named by a place index, its first query term or 'unknown')")
+    ap.add_argument("--learn", action="store_true", help="copy accepted photos into data/raw/<index>/, the others "
+                    "into data/review/; pick up photos a person filed under data/review/<index>/")
+    ap.add_argument("--nearby", type=int, default=config.NEARBY, help="attractions per place (default %(default)s)")
+    ap.add_argument("--batch", type=int, default=config.PREDICT_BATCH, help="photos per model call")
+    ap.add_argument("--workers", type=int, default=config.PREDICT_WORKERS, help="decoding threads (0 = per core)")
+    a = ap.parse_args(argv)
+    if a.threshold is not None and not 0 <= a.threshold <= 1:
+        ap.error(f"--threshold {a.threshold:g}: a confidence between 0 and 1")
+    if a.batch < 1 or a.workers < 0 or a.nearby < 0:
+        ap.error("--batch must be at least 1, --workers and --nearby at least 0")
+    if a.sheet and a.sheet.suffix.lower() != ".png":
+        ap.error(f"--sheet {a.sheet}: the contact sheet is a PNG; name it *.png")
+    return a
+
+
+def output_base(a) -> Path:
+    """Where the pictures go by default: beside the JSON/CSV results, else beside the photo folder (never inside
+    it: the next run would take them for photos)."""
+    if a.json or a.csv:
+        return (a.json or a.csv).with_suffix("")
+    folder = a.folder if a.folder.name else a.folder.resolve()
+    return folder.parent / (folder.name + config.RESULTS_SUFFIX)
+
+
+def report_evaluation(metrics, res, predictor, path, out) -> None:
+    from locator.report import plot_confusion, summary_table
+
+    if "per_place" in metrics:
+        print("\n" + summary_table(metrics), file=out)
+        print(f"at threshold {predictor.threshold:.3f}: {metrics['true_accept']:.1%} of these photos accepted, "
+              f"{metrics['accepted_correct']:.1%} accepted as the right place", file=out)
+        plot_confusion(metrics["confusion"]["matrix"], metrics["confusion"]["labels"], path,
+                       title=f"Confusion matrix ({len(res)} photos, top 1)")
+        log.info("confusion matrix: %s", path)
+    if metrics["false_accept"] is not None:
+        print(f"{config.UNKNOWN_FOLDER}/: {metrics['unknown_photos']} photos of none of our places, "
+              f"{metrics['false_accept']:.1%} accepted as a place (false accept)", file=out)
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    setup_logging(a.verbose)
+    table = places.load(a.places)
+    photos = inference.find_photos(a.folder)
+    labelled = inference.label_photos(photos, table)
+    if a.eval and not labelled:
+        raise UserError(f"--eval: no photo of {a.folder} is in a subfolder named by a place index (e.g. "
+                        f"{table.places[0].index}) or first query term (e.g. {table.places[0].folder}) or "
+                        f"{config.UNKNOWN_FOLDER}")
+    review = learn.reviewed(a.data, table) if a.learn else []
+    if not photos and not review:
+        log.info("nothing to do: %s holds no photos", a.folder)
+        return 0
+    run_dir = runs.resolve(a.models, a.model)
+    runs.env_threads()
+    from locator.predictor import Predictor  # TensorFlow loads here, once the cheap checks have passed
+
+    predictor = Predictor.load(run_dir, table, a.threshold)
+    log.info("model %s (%d places%s), threshold %.3f; %d photos in %s", run_dir, predictor.classes,
+             " + background" if predictor.meta.get("background") else "", predictor.threshold, len(photos), a.folder)
+    sheet = None if a.no_sheet else (a.sheet or output_base(a).with_suffix(".png"))
+
+    def predict(items):
+        return list(inference.predict_photos(predictor, items, a.batch, a.workers, not a.no_progress,
+                                             config.SHEET_MAX if sheet else 0, a.nearby))
+
+    res = predict(photos)
+    out = sys.stderr if a.format == "tfserving" else sys.stdout
+    if a.format == "tfserving":
+        print(json.dumps(results.tfserving(res)))
+        for r in res:
+            if not r.ok:
+                log.warning("%s: unreadable (%s: %s)", r.photo.name, r.reason, r.detail)
+    elif res:
+        print(results.table_text(res))
+        where = results.places_text(res)
+        print("\n" + where if where else "")
+    if res:
+        print(results.summary_line(res, predictor.threshold, run_dir.name), file=out)
+
+    metrics = inference.evaluate(res, table) if labelled else None
+    if metrics:
+        report_evaluation(metrics, res, predictor, Path(str(output_base(a)) + "_confusion.png"), out)
+    header = {"folder": str(a.folder), "model": run_dir.name, "threshold": predictor.threshold,
+              "background": bool(predictor.meta.get("background")), "created": runs.now_iso()}
+    if a.json:
+        results.write_json(a.json, res, header, metrics)
+    if a.csv:
+        results.write_csv(a.csv, res)
+    if sheet and res:
+        n = results.contact_sheet(res, sheet, f"{a.folder}: model {run_dir.name}, threshold {predictor.threshold:.3f}")
+        log.info("contact sheet (%d photos): %s", n, sheet)
+
+    if a.learn:
+        outcomes = learn.learn_results(a.data, res)
+        if review:  # a person's labels: predicted only to record what the model said about them
+            outcomes += learn.learn_results(a.data, predict(review))
+        print(learn.summary(outcomes, len(review)), file=out)
+    return 1 if res and not any(r.ok for r in res) else 0
+
+
+if __name__ == "__main__":
+    run(main)
