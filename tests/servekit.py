@@ -1,19 +1,20 @@
 """A tiny trained model run, exported for serving, and a real serve.py server on 127.0.0.1 for the serving tests.
 
-Training costs seconds, so a run is made once per test session (functools.cache: this module is imported once)
-and copied into each test's own models folder.
+Training costs seconds, so a run is made once per test session (functools.cache: this module is imported once,
+whichever test file asks first) and copied into each test's own models folder.
 """
+import atexit
 import functools
 import io
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from genphotos import write_table
-from locator import report, runs, train
+from locator import places, report, runs, train
 from locator.fsio import atomic_write_json
 
 SIZE = 32
@@ -45,13 +46,19 @@ def _dataset(tmp: Path) -> train.Data:
         x[split] = np.stack([images.normalise(place_photo(c, s), size=SIZE) for c, s in rows])
         y[split] = np.array([c for c, _ in rows], np.int32)
         files[split] = [f"raw/{c:02x}/{s:06d}.jpg" for c, s in rows]
-    table = write_table(tmp / "places.xlsx", PLACES)
-    return train.Data(x, y, files, table.classes(), "test-fingerprint", "squash")
+    rows = [[f"{i:02x}", f"Place {i}", f"place {i}", 37.5 + i, 127.0 + i, f"{i} Test Road, Seoul", ""]
+            for i in range(PLACES)]
+    attractions = [["Museum", 37.51, 127.0, "museum", ""], ["Park", 37.5, 127.03, "park", ""],
+                   ["Tower", 38.6, 128.0, "view", ""], ["Market", 37.52, 127.01, "market", ""]]
+    places.write(tmp / "places.xlsx", rows, attractions)
+    return train.Data(x, y, files, places.load(tmp / "places.xlsx").classes(), "test-fingerprint", "squash")
 
 
 @functools.cache
-def _trained(root: Path) -> Path:
+def _trained() -> Path:
     """Train the tiny net once; the run folder (model.h5 + metadata.json, as cnn.py writes them)."""
+    root = Path(tempfile.mkdtemp(prefix="servekit-"))
+    atexit.register(shutil.rmtree, root, True)
     data = _dataset(root)
     models = root / "models"
     run = runs.new_run(models)
@@ -67,10 +74,10 @@ def _trained(root: Path) -> Path:
     return run
 
 
-def make_run(root: Path, models: Path, threshold: float | None = None, name: str | None = None) -> Path:
+def make_run(models: Path, threshold: float | None = None, name: str | None = None) -> Path:
     """A copy of the session's trained run in `models`/runs/ (a new run name), optionally with another unknown
     threshold or model name in its metadata.json."""
-    src = _trained(Path(root))
+    src = _trained()
     dst = runs.new_run(models)
     for f in ("model.h5", "metadata.json"):
         shutil.copy2(src / f, dst / f)
@@ -84,9 +91,9 @@ def make_run(root: Path, models: Path, threshold: float | None = None, name: str
     return dst
 
 
-def table_path(root: Path) -> Path:
-    _trained(Path(root))
-    return Path(root) / "places.xlsx"
+def table_path() -> Path:
+    """The place table the tiny model was trained with (three places, four attractions near the first)."""
+    return _trained().parents[2] / "places.xlsx"
 
 
 class Running:

@@ -15,18 +15,13 @@ from locator import runs, serving
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    return tmp_path_factory.mktemp("serving")
-
-
 @pytest.fixture
 def models(tmp_path):
     return tmp_path / "models"
 
 
-def test_promotion_exports_a_saved_model_tf_serving_reads(root, models):
-    run = servekit.make_run(root, models)
+def test_promotion_exports_a_saved_model_tf_serving_reads(models):
+    run = servekit.make_run(models)
     version = runs.promote(models, run)
 
     assert version == models / "serving" / "landmarks" / "1"
@@ -44,8 +39,8 @@ def test_promotion_exports_a_saved_model_tf_serving_reads(root, models):
         assert want in sig, want
 
 
-def test_export_predicts_like_the_h5_in_a_fresh_process(root, models, tmp_path):
-    run = servekit.make_run(root, models)
+def test_export_predicts_like_the_h5_in_a_fresh_process(models, tmp_path):
+    run = servekit.make_run(models)
     version = runs.promote(models, run)
     x = np.stack([np.asarray(servekit.place_photo(c % 3, 50 + c).resize((servekit.SIZE,) * 2)) for c in range(6)])
     np.save(tmp_path / "x.npy", x)
@@ -63,8 +58,8 @@ def test_export_predicts_like_the_h5_in_a_fresh_process(root, models, tmp_path):
     assert exported.argmax(1).tolist() == [c % 3 for c in range(6)]  # and the tiny model does know the places
 
 
-def test_versions_on_promotion_repeat_and_rollback(root, models):
-    a, b = servekit.make_run(root, models), servekit.make_run(root, models)
+def test_versions_on_promotion_repeat_and_rollback(models):
+    a, b = servekit.make_run(models), servekit.make_run(models)
     assert runs.promote(models, a).name == "1"
     assert runs.promote(models, a).name == "1"         # promoting the served run again exports nothing
     assert runs.promote(models, b).name == "2"
@@ -74,19 +69,19 @@ def test_versions_on_promotion_repeat_and_rollback(root, models):
     assert serving.versions(models / "serving" / "landmarks") == [1, 2, 3]
 
 
-def test_export_uses_the_model_name_and_keeps_the_newest(root, models):
-    run = servekit.make_run(root, models, name="seoul")
-    others = [servekit.make_run(root, models, name="seoul") for _ in range(2)]
+def test_export_uses_the_model_name_and_keeps_the_newest(models):
+    run = servekit.make_run(models, name="seoul")
+    others = [servekit.make_run(models, name="seoul") for _ in range(2)]
     for r in [run, *others]:
         serving.export(models, r, keep=2)
     assert serving.versions(models / "serving" / "seoul") == [2, 3]
     assert not (models / "serving" / "landmarks").exists()
 
 
-def test_a_failed_export_changes_nothing(root, models):
-    good = servekit.make_run(root, models)
+def test_a_failed_export_changes_nothing(models):
+    good = servekit.make_run(models)
     runs.promote(models, good)
-    bad = servekit.make_run(root, models)
+    bad = servekit.make_run(models)
     (bad / "model.h5").write_bytes(b"not an HDF5 file")
     base = models / "serving" / "landmarks"
     (base / ".tmp-999999-7").mkdir()                   # left by an export that was killed

@@ -1,0 +1,97 @@
+"""Serve the newest exported model over HTTP: TensorFlow Serving's REST API, /v1/locate and an upload page.
+
+    python serve.py                         # http://127.0.0.1:8501/ : the upload page
+    python serve.py --host 0.0.0.0 --port 8080
+    python serve.py --learn                 # keep accepted uploads for re-learning, as predict.py --learn does
+"""
+import errno
+import logging
+from pathlib import Path
+
+from locator import config, runs
+from locator.cli import ArgumentParser, UserError, run, setup_logging
+
+log = logging.getLogger("serve")
+
+
+def parse_args(argv=None):
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default=config.HOST, help="address to listen on (default %(default)s)")
+    ap.add_argument("--port", type=int, default=config.PORT, help="port (default %(default)s; 0 = any free one)")
+    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
+    ap.add_argument("--name", default=config.MODEL_NAME, help="served model: models/serving/<name>/ "
+                                                              "(default %(default)s)")
+    ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
+    ap.add_argument("--data", type=Path, default=config.DATA, help="data root for --learn (default %(default)s)")
+    ap.add_argument("--learn", action="store_true", help="keep accepted uploads in data/raw/<index>/ and the "
+                                                         "others in data/review/ (off by default)")
+    ap.add_argument("--max-batch", type=int, default=config.BATCH_MAX, help="photos per model call at most")
+    ap.add_argument("--batch-window", type=float, default=config.BATCH_WINDOW * 1000, metavar="MS",
+                    help="ms a model call waits for concurrent requests to join it (default %(default)g)")
+    ap.add_argument("--no-batching", action="store_true", help="run every request's photos on their own")
+    ap.add_argument("--queue", type=int, default=config.QUEUE_MAX, help="photos waiting at most; more: 503")
+    ap.add_argument("--max-body-mb", type=float, default=config.MAX_BODY / 2**20, help="request body cap (413)")
+    ap.add_argument("--timeout", type=float, default=config.REQUEST_TIMEOUT, help="seconds a request may wait "
+                                                                                  "for the model (504)")
+    ap.add_argument("--poll", type=float, default=config.RELOAD_POLL, help="seconds between looks for a new "
+                                                                           "version (0: no hot reload)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging (one line per request)")
+    a = ap.parse_args(argv)
+    if not 0 <= a.port <= 65535:
+        ap.error(f"--port {a.port}: must be 0..65535")
+    if a.max_batch < 1 or a.queue < 1 or a.max_body_mb <= 0 or a.timeout <= 0 or a.batch_window < 0 or a.poll < 0:
+        ap.error("--max-batch, --queue, --max-body-mb and --timeout must be positive, --batch-window and --poll "
+                 "not negative")
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    setup_logging(a.verbose)
+    runs.env_threads()
+    from locator import places, serving
+    from locator.modelstore import BatchOptions, ModelStore
+    from locator.server import Limits, make_server
+
+    table = places.load(a.places)
+    base = serving.model_dir(a.models, a.name)
+    if not serving.versions(base):
+        cur = runs.current(a.models)
+        if cur is None:
+            raise UserError(f"no exported model in {base}/ and no current model in {a.models}/: train one with "
+                            "`python cnn.py` (it exports on promotion)")
+        # a run promoted before exports existed: export it now, as its promotion would have
+        log.info("%s has no serving export yet; exporting the current run %s", base, cur.name)
+        serving.export(a.models, cur)
+    store = ModelStore(base, table, BatchOptions(a.max_batch, a.batch_window / 1000, a.queue, not a.no_batching),
+                       poll=a.poll).start()
+    limits = Limits(max_body=int(a.max_body_mb * 2**20), request_timeout=a.timeout)
+    try:
+        server = make_server(store, a.host, a.port, limits, learn=learner(a.data) if a.learn else None)
+    except OSError as e:
+        store.stop()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"{a.host}:{a.port} is in use (another serve.py or tensorflow_model_server?); "
+                            "choose another --port")
+        raise UserError(f"cannot listen on {a.host}:{a.port}: {e.strerror}")
+    log.info("serving %s version %d on %s/ (upload page), REST API at %s/v1/models/%s%s", a.name, store.version,
+             server.url, server.url, a.name, "; learning from uploads" if a.learn else "")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.server_close()
+        store.stop()
+    return 0
+
+
+def learner(data):
+    """predict.py's --learn, for one upload: (photo bytes, place answer, file name) -> what was kept."""
+    from locator import learn
+
+    return lambda photo, answer, name: learn.keep_upload(data, photo, answer, name)
+
+
+if __name__ == "__main__":
+    run(main)
