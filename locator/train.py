@@ -157,8 +157,10 @@ class _Progress:
         return Bar()
 
 
-def train(data: Data, run: Path, s: Settings, progress: bool = True):
+def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=()):
     """Fit on train, keep the best epoch by validation accuracy, return (inference model, seconds, epochs run).
+
+    `callbacks`: more Keras callbacks (bench/train_bench.py times the epochs with one).
 
     Checkpoints go to run/checkpoints/ every epoch: calling train() again on the same run resumes there.
     """
@@ -194,6 +196,7 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True):
         keras.callbacks.BackupAndRestore(str(ck / "backup"), double_checkpoint=True),  # weights, optimizer, epoch
         keras.callbacks.TensorBoard(str(run / "logs"), write_graph=True, histogram_freq=0),
         _Progress(s.epochs, done, progress),
+        *callbacks,  # last: an epoch timer's epoch then includes the checkpoint writes above
     ]
     train_ds = pipeline(*train_xy, n, s.batch, True, s.seed)
     val_ds = pipeline(*with_background(data, "val", s), n, s.batch * 4, False, s.seed)
