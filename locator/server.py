@@ -136,7 +136,7 @@ class Service:
         return (self._page.replace("{{LEARN}}", learn)
                 .replace("{{MODEL}}", html.escape(f"{self.store.name} version {version}"))
                 .replace("{{NAME}}", html.escape(self.store.name))
-                .replace("{{MAX_MB}}", f"{self.limits.max_body / 1e6:.0f}")).encode("utf-8")
+                .replace("{{MAX_MB}}", f"{self.limits.max_body / 2**20:.3g}")).encode("utf-8")
 
     # --- model calls ---
     def _hold(self, version=None):
