@@ -84,6 +84,9 @@ def main(argv=None):
         raise UserError(f"--eval: no photo of {a.folder} is in a subfolder named by a place index (e.g. "
                         f"{table.places[0].index}) or first query term (e.g. {table.places[0].folder}) or "
                         f"{config.UNKNOWN_FOLDER}")
+    if labelled:
+        log.info("evaluation mode: %d of %d photos labelled by their subfolder (the others are predicted, not "
+                 "scored)", labelled, len(photos))
     review = learn.reviewed(a.data, table) if a.learn else []
     if not photos and not review:
         log.info("nothing to do: %s holds no photos", a.folder)
