@@ -94,6 +94,13 @@ def run_predict(world, folder, *args, data=None):
     return predict.main(argv)
 
 
+def red_pixels(png) -> int:
+    """Pixels of the contact sheet's "unknown" red."""
+    from locator.results import _RED
+
+    return int(np.all(np.asarray(Image.open(png).convert("RGB")) == _RED, axis=-1).sum())
+
+
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -152,6 +159,7 @@ def test_every_format_parses_back_and_bad_files_do_not_stop_the_others(world, tm
 
     sheet = Image.open(out / "r.png")  # beside the results by default
     assert sheet.width == config.SHEET_COLUMNS * (config.SHEET_THUMB + 44) and sheet.height > 2 * config.SHEET_THUMB
+    assert red_pixels(out / "r.png") < 100  # no unknown here: no red frame
     assert not list(out.glob(".tmp-*"))
 
 
@@ -183,6 +191,8 @@ def test_everyday_photos_are_unknown_and_the_threshold_flag_overrides(world, tmp
     assert 0 < stored < 1
     run_predict(world, folder, "--json", tmp_path / "stored.json")
     doc = read_json(tmp_path / "stored.json")
+    unknown = sum(p["status"] == "unknown" for p in doc["photos"])
+    assert red_pixels(tmp_path / "stored.png") >= unknown * 4 * config.SHEET_THUMB * 3  # unknowns framed in red
     assert doc["threshold"] == pytest.approx(stored)
     status = {p["file"]: p for p in doc["photos"]}
     assert all(status[f"everyday{i}.jpg"]["status"] == "unknown" for i in range(6))
@@ -322,6 +332,25 @@ def test_learn_twice_adds_each_photo_once_and_review_labels_are_picked_up(world,
     run_predict(world, folder, "--learn", "--threshold", 0, data=data)  # and still nothing twice
     assert len(read_jsonl(data / "raw" / "01" / "manifest.jsonl")) == 1
     assert not (data / "review" / "grey.jpg").exists() and len(list((data / "review").glob("*.jpg"))) == 0
+
+
+def test_keep_upload_answers_what_it_kept(tmp_path):
+    """serve.py --learn's entry point, one photo at a time (no model needed: the answer is given)."""
+    from locator import learn
+
+    data = tmp_path / "data"
+    blob = (save(place_photo(0, 1550), tmp_path / "a.jpg")).read_bytes()
+    accepted = {"known": True, "index": "00", "confidence": 0.91}
+    assert learn.keep_upload(data, blob, accepted, "a.jpg") == {"kept": "raw", "index": "00",
+                                                                "file": "raw/00/000001.jpg"}
+    assert learn.keep_upload(data, blob, accepted) == {"kept": None, "why": "already in raw/00"}
+    rejected = {"known": False, "index": None, "confidence": 0.2}
+    assert learn.keep_upload(data, blob, rejected) == {"kept": None, "why": "already in raw/00"}
+    other = (save(everyday(1551), tmp_path / "b.png")).read_bytes()
+    kept = learn.keep_upload(data, other, rejected, "b.png")
+    assert kept["kept"] == "review" and (data / kept["file"]).read_bytes() == other
+    assert learn.keep_upload(data, other, rejected, "again.png") == {"kept": None, "why": "already in review"}
+    assert [r["confidence"] for r in read_jsonl(data / "raw" / "00" / "manifest.jsonl")] == [0.91]
 
 
 # --- evaluation mode ---
