@@ -198,7 +198,7 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
         _Progress(s.epochs, done, progress),
         *callbacks,  # last: an epoch timer's epoch then includes the checkpoint writes above
     ]
-    train_ds = pipeline(*train_xy, n, s.batch, True, s.seed)
+    train_ds = pipeline(*train_xy, n, s.batch, True, s.seed, s.cutmix)
     val_ds = pipeline(*with_background(data, "val", s), n, s.batch * 4, False, s.seed)
     t0 = time.time()
     net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, callbacks=callbacks, verbose=0)
