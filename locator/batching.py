@@ -2,8 +2,9 @@
 
 Like TensorFlow Serving's batching: the first photo to arrive opens a batch; the batch is run when it is full
 (`max_batch` photos) or `window` seconds after that first arrival. While a model call runs, new arrivals queue
-and form the next batch, so batches grow with load by themselves. The window is only waited for while another
-admitted request is still on its way (decoding its photo): a lone client never waits for company that cannot come.
+and form the next batch, so batches grow with load by themselves. The window is only waited for while company
+can come: an admitted request still decoding its photo, or fewer photos queued than the server has clients
+(open connections). A lone client never waits for company that cannot come.
 
 Admission is part of the batcher: `reserve(rows)` counts a request's photos from the moment it is accepted until
 its answer is out, and refuses (QueueFull -> 503) when more than `queue_max` would be pending.
@@ -21,11 +22,14 @@ class QueueFull(Exception):
 
 
 class Batcher:
-    def __init__(self, fn, max_batch: int, window: float, queue_max: int, batching: bool = True, name: str = ""):
+    def __init__(self, fn, max_batch: int, window: float, queue_max: int, batching: bool = True, name: str = "",
+                 clients=None):
         """`fn`: uint8 (N, H, W, 3) -> array of N rows. batching=False runs every request's photos in its own
-        thread at once (the unbatched server the benchmark compares with); admission applies all the same."""
+        thread at once (the unbatched server the benchmark compares with); admission applies all the same.
+        `clients()`: how many clients may send soon (the server's open connections): a batch waits, within the
+        window, for up to that many photos."""
         self.fn, self.max_batch, self.window, self.queue_max = fn, max(1, max_batch), window, queue_max
-        self.batching = batching
+        self.batching, self.clients = batching, clients or (lambda: 0)
         self._cv = threading.Condition()
         self._jobs = deque()      # (x, future, arrival)
         self._queued = 0          # rows in _jobs
@@ -86,7 +90,8 @@ class Batcher:
                 if not self._jobs:
                     return
                 deadline = self._jobs[0][2] + self.window
-                while self._queued < self.max_batch and self._coming > 0 and not self._closed:
+                while self._queued < self.max_batch and not self._closed and (
+                        self._coming > 0 or self._queued < self.clients()):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
@@ -114,6 +119,7 @@ class Batcher:
             self.rows += len(out)
         start = 0
         for x, f in jobs:
+            f.batch = len(out)  # photos in the model call, for the X-Batch-Size header
             f.set_result(out[start:start + len(x)])
             start += len(x)
 
@@ -123,6 +129,7 @@ class Slot:
 
     def __init__(self, batcher: Batcher, rows: int):
         self._b, self.rows, self.submitted = batcher, rows, False
+        self.batch = 0  # photos in the model call that answered (after run)
 
     def __enter__(self) -> "Slot":
         return self
@@ -136,7 +143,9 @@ class Slot:
         self.submitted = True
         fut = self._b._submit(np.asarray(x, np.uint8))
         try:
-            return fut.result(timeout=timeout)
+            out = fut.result(timeout=timeout)
+            self.batch = getattr(fut, "batch", len(x))
+            return out
         except TimeoutError:
             fut.cancel()
             raise

@@ -105,8 +105,9 @@ HOST = "127.0.0.1"             # loopback unless --host says otherwise: a public
 PORT = 8501                    # TF Serving's REST port
 SERVING_KEEP = 10              # exported versions kept per model (older ones are removed; their runs stay)
 BATCH_MAX = 32                 # photos per model call at most
-BATCH_WINDOW = 0.002           # seconds a model call waits for more requests to join it (TF Serving's
-                               # batch_timeout_micros); while a call runs, arrivals queue and join the next
+BATCH_WINDOW = 0.005           # seconds a model call waits for more requests to join it (TF Serving's
+                               # batch_timeout_micros), only while more can come (other open connections);
+                               # while a call runs, arrivals queue and join the next
 QUEUE_MAX = 128                # photos waiting for the model; more -> 503 with Retry-After
 MAX_CONNECTIONS = 64           # open connections; more -> 503 at once (each costs a thread)
 MAX_BODY = 16 * 1024 * 1024    # bytes of one request body; more -> 413 (a phone photo is 2-8 MB)

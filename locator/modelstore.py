@@ -60,6 +60,10 @@ class ModelStore:
         self._states = {}        # version -> (state, error message): the status API's view
         self._stop = threading.Event()
         self._thread = None
+        self.clients = lambda: 0   # the server sets it: its open connections (batches wait for that many)
+
+    def _clients(self) -> int:
+        return self.clients()
 
     # --- life cycle ---
     def start(self) -> "ModelStore":
@@ -80,6 +84,10 @@ class ModelStore:
             self._thread.join()
         with self._lock:
             if self._current:
+                b = self._current.batcher
+                if b.calls:
+                    log.info("version %d of %s: %d photos in %d model calls (%.1f a call)", self._current.version,
+                             self.name, b.rows, b.calls, b.rows / b.calls)
                 self._current.release()
 
     def _watch(self) -> None:
@@ -119,7 +127,7 @@ class ModelStore:
             return predictor.probabilities(x, batch=o.max_batch)
 
         return Loaded(version, path, predictor, Batcher(run, o.max_batch, o.window, o.queue_max, o.batching,
-                                                        name=f"{self.name}-{version}"),
+                                                        name=f"{self.name}-{version}", clients=self._clients),
                       serving.signature_defs(path))
 
     def _swap(self, new: Loaded) -> None:

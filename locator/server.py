@@ -92,7 +92,8 @@ class Service:
                     "metadata": {"signature_def": loaded.signature_defs}}
 
     def predict(self, name, version, body: bytes) -> tuple:
-        """TF Serving's predict: row ("instances") or columnar ("inputs") in, same format out."""
+        """TF Serving's predict: row ("instances") or columnar ("inputs") in, same format out. Returns (answer,
+        headers)."""
         self._check_name(name)
         req = _json_object(body)
         sig = req.get("signature_name", serving.SIGNATURE)
@@ -104,13 +105,14 @@ class Service:
                                  '"inputs" (columnar format)')
         row = "instances" in req
         with self._hold(self._version(version)) as loaded:
-            pred = loaded.predictor
-            x = _pixel_batch(req["instances"] if row else req["inputs"], row, pred)
-            probs = self._run(loaded, x)
-        return loaded.version, {"predictions" if row else "outputs": probs.tolist()}
+            x = _pixel_batch(req["instances"] if row else req["inputs"], row, loaded.predictor)
+            with self._admit(loaded, len(x)) as slot:
+                probs = self._wait(slot, x)
+        return {"predictions" if row else "outputs": probs.tolist()}, _headers(loaded, slot)
 
     # --- place answer ---
-    def locate(self, body: bytes, content_type: str) -> dict:
+    def locate(self, body: bytes, content_type: str) -> tuple:
+        """The place answer for one photo, and the response headers."""
         photo, filename = _photo_from(body, content_type)
         with self._hold() as loaded:
             pred = loaded.predictor
@@ -125,7 +127,7 @@ class Service:
             except OSError as e:  # disk full, permissions: the answer still stands; the operator must know
                 log.error("--learn could not keep an upload: %s", e)
                 answer["learned"] = {"kept": None, "why": "the server could not store it"}
-        return answer
+        return answer, _headers(loaded, slot)
 
     def page(self) -> bytes:
         with self._hold() as loaded:
@@ -152,10 +154,6 @@ class Service:
             raise HTTPError(503, f"busy: {e}; retry in {self.limits.retry_after} s",
                             {"Retry-After": str(self.limits.retry_after)})
 
-    def _run(self, loaded, x: np.ndarray) -> np.ndarray:
-        with self._admit(loaded, len(x)) as slot:
-            return self._wait(slot, x)
-
     def _wait(self, slot, x):
         try:
             return slot.run(x, self.limits.request_timeout)
@@ -163,6 +161,11 @@ class Service:
             raise HTTPError(504, f"the model did not answer within {self.limits.request_timeout:g} s; "
                                  "the server is overloaded, try again later",
                             {"Retry-After": str(self.limits.retry_after)})
+
+
+def _headers(loaded, slot) -> dict:
+    """Which version answered, and how many photos shared its model call (batching at work)."""
+    return {"X-Model-Version": str(loaded.version), "X-Batch-Size": str(slot.batch)}
 
 
 # --- request bodies ---
@@ -311,14 +314,14 @@ class Handler(BaseHTTPRequestHandler):
             return svc.page(), 200, {"Content-Type": "text/html; charset=utf-8"}
         if path == "/v1/locate":
             self._only("POST")
-            body = self._body()
-            return svc.locate(body, self.headers.get("Content-Type", "")), 200, {}
+            answer, headers = svc.locate(self._body(), self.headers.get("Content-Type", ""))
+            return answer, 200, headers
         if m:
             name, version, verb = m["name"], m["version"], m["verb"]
             if verb == ":predict":
                 self._only("POST")
-                v, out = svc.predict(name, version, self._body())
-                return out, 200, {"X-Model-Version": str(v)}
+                out, headers = svc.predict(name, version, self._body())
+                return out, 200, headers
             if verb == "/metadata":
                 self._only("GET")
                 return svc.metadata(name, version), 200, {}
@@ -441,6 +444,11 @@ class Server(ThreadingHTTPServer):
                 self._active -= 1
 
     @property
+    def connections(self) -> int:
+        """Open connections (keep-alive clients included): the batcher waits for that many photos at most."""
+        return self._active
+
+    @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
@@ -452,4 +460,6 @@ def make_server(store: ModelStore, host: str = config.HOST, port: int = config.P
     limits = limits or Limits()
     service = Service(store, limits, learn)
     handler = type("BoundHandler", (Handler,), {"service": service})
-    return Server((host, port), handler, limits.max_connections, limits.retry_after)
+    server = Server((host, port), handler, limits.max_connections, limits.retry_after)
+    store.clients = lambda: server.connections
+    return server

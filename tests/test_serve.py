@@ -520,3 +520,68 @@ def test_fuzz_locate_never_5xx(served, body, ctype):
 def test_fuzz_paths_never_5xx(served, method, path):
     r = requests.request(method, served.url + path, data=b"{}")
     assert r.status_code < 500, (method, path, r.status_code, r.text[:200])
+
+
+# --- batching ---
+def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(tmp_path):
+    models = tmp_path / "models"
+    runs.promote(models, servekit.make_run(models))
+    photos = [servekit.jpeg(servekit.place_photo(i % 3, 600 + i)) for i in range(8)]
+
+    def burst(url):
+        start, out = threading.Barrier(8), [None] * 8
+
+        def one(i):
+            start.wait()
+            out[i] = requests.post(f"{url}/v1/locate", data=photos[i], headers={"Content-Type": "image/jpeg"})
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+    alone = {}
+    with servekit.Running(models, servekit.table_path(), options=BatchOptions(window=1.0)) as srv:
+        with requests.Session() as one_client:  # one at a time on one connection: no batch waits for company
+            for i, p in enumerate(photos):
+                r = one_client.post(f"{srv.url}/v1/locate", data=p, headers={"Content-Type": "image/jpeg"})
+                assert r.headers["X-Batch-Size"] == "1" and r.elapsed.total_seconds() < 0.9
+                alone[i] = r.json()
+        together = burst(srv.url)
+    assert max(int(r.headers["X-Batch-Size"]) for r in together) > 1
+    for i, r in enumerate(together):   # rows never get mixed up between the requests of one batch
+        assert r.json()["top3"] == alone[i]["top3"] and r.json()["name"] == f"Place {i % 3}"
+    with servekit.Running(models, servekit.table_path(), options=BatchOptions(batching=False)) as srv:
+        unbatched = burst(srv.url)
+    assert {r.headers["X-Batch-Size"] for r in unbatched} == {"1"}
+    assert [r.json()["top3"] for r in unbatched] == [alone[i]["top3"] for i in range(8)]
+
+
+def test_batcher_queue_bound_timeout_and_failures():
+    from locator.batching import Batcher, QueueFull
+
+    release = threading.Event()
+
+    def slow(x):
+        release.wait(5)
+        return x.reshape(len(x), -1)[:, :1].astype(np.float32)
+
+    b = Batcher(slow, max_batch=4, window=0.0, queue_max=2)
+    with b.reserve(2) as first:
+        with pytest.raises(QueueFull):
+            b.reserve(1)
+        with pytest.raises(TimeoutError):
+            first.run(np.zeros((2, 1, 1, 3), np.uint8), timeout=0.05)
+    release.set()
+    with b.reserve(3) as big:  # an empty queue admits even a request larger than the bound
+        assert big.run(np.full((3, 1, 1, 3), 7, np.uint8), timeout=5).tolist() == [[7.0]] * 3
+    b.close()
+
+    def broken(x):
+        raise ValueError("model exploded")
+
+    b = Batcher(broken, max_batch=4, window=0.0, queue_max=4)
+    with b.reserve(1) as s, pytest.raises(ValueError, match="exploded"):
+        s.run(np.zeros((1, 1, 1, 3), np.uint8), timeout=5)
+    b.close()
