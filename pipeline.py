@@ -41,7 +41,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--epochs", type=int, help=f"cnn.py --epochs ({config.EPOCHS})")
     for step, script in (("crawl", "crawl.py"), ("preprocess", "preprocess.py"), ("dataset", "dataset.py"),
                          ("cnn", "cnn.py")):
-        g.add_argument(f"--{step}-args", metavar="ARGS", help=f"more flags for {script}, e.g. "
+        g.add_argument(f"--{step}-args", metavar="ARGS", help=f"more flags for {script} (one string; "
+                       f"--{step}-args=--flag for a single flag), e.g. "
                        + {"crawl": "'--only 00,0a --per-host 16'", "preprocess": "'--near-dup-distance 6'",
                           "dataset": "'--min-per-class 20'",
                           "cnn": "'--batch 32 --shuffle-labels' (the latter: testing only)"}[step])
