@@ -10,6 +10,8 @@ exported from the run into a temporary folder (the repo's models/ is not touched
 single-threaded http.server that loads model.h5 with Keras, decodes the photo fully and calls model.predict for
 each request). Clients are threads in this process, each with a keep-alive session, sending real JPEGs from
 ../shared/datasets (read from there, never copied into the repo) to POST /v1/locate and timing each answer.
+"photos/call" is the mean X-Batch-Size the answers carried; "server CPU ms/req" the server process's CPU time
+per answer (from /proc), which other jobs on the machine do not inflate the way they inflate wall-clock times.
 """
 import argparse
 import json
@@ -114,6 +116,12 @@ class ServerProcess:
             self.proc.kill()
         time.sleep(0.1)
         return "".join(self.lines)
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used: the work per request, whatever else the machine runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -229,7 +237,10 @@ def main():
                 for label, _, n in contestants:
                     if label == NAIVE and rnd:
                         continue
+                    pid = servers[label].proc.pid
+                    c0 = cpu_seconds(pid)
                     r = load(servers[label].url, photos, clients, n if clients == 8 else max(1, n // 2))
+                    r["cpu"] = (cpu_seconds(pid) - c0) * 1000 / max(1, r["requests"])
                     if (label, clients) not in results or r["rps"] > results[label, clients]["rps"]:
                         results[label, clients] = r
     finally:
@@ -242,9 +253,10 @@ def main():
         for label, _, _ in contestants:
             r = results[label, clients]
             rows.append([label, clients, r["requests"], f"{r['rps']:.1f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}",
-                         f"{r['rps'] / base:.2f}", f"{r['batch']:.1f}" if label != NAIVE else "1.0", r["errors"]])
+                         f"{r['rps'] / base:.2f}", f"{r['batch']:.1f}" if label != NAIVE else "1.0",
+                         f"{r['cpu']:.1f}", r["errors"]])
     print(format_table(["server", "clients", "requests", "req/s", "p50 ms", "p99 ms", "x unbatched",
-                        "photos/call", "errors"], rows))
+                        "photos/call", "server CPU ms/req", "errors"], rows))
     print(f"batched: window {window:g} ms, at most {config.BATCH_MAX} photos a call; best of {args.rounds} "
           "alternating rounds (the naive server: one round)")
     b8 = results[BATCHED, 8]["rps"] / results[UNBATCHED, 8]["rps"]

@@ -219,7 +219,8 @@ def _pixels(item, size: int, where: str) -> np.ndarray:
         a = None
     want = f"{size} x {size} x 3"
     if a is None or a.dtype == object or a.shape != (size, size, 3):
-        shape = "ragged" if a is None or a.dtype == object else " x ".join(map(str, a.shape)) or "a scalar"
+        shape = "ragged lists" if a is None or a.dtype == object else \
+            "shape " + " x ".join(map(str, a.shape)) if a.shape else "a single value"
         raise HTTPError(400, f"{where}: expected {want} pixels (whole numbers 0..255) or {{\"b64\": ...}}, "
                              f"got {shape}")
     if a.dtype.kind not in "iuf":
@@ -403,6 +404,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(status, {"error": f"{phrase}: {message or explain or ''}".rstrip(": ")}, {})
         except OSError:
             pass
+
+    def version_string(self):
+        return self.server_version
 
     def log_message(self, fmt, *args):
         log.debug("%s %s", self.address_string(), fmt % args)

@@ -102,7 +102,13 @@ def _write_saved_model(run: Path, meta: dict, out: Path) -> None:
     # saved_model_cli show `pixels` -> `probs` instead of Keras' generated names.
     archive.add_endpoint(name=SIGNATURE, fn=lambda pixels: {OUTPUT: model(pixels, training=False)},
                          input_signature=[tf.TensorSpec((None, h, w, 3), tf.uint8, name=INPUT)])
-    archive.write_out(str(out), verbose=False)
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.WARNING)  # "Assets written to: <temporary folder>" says nothing a user needs
+    try:
+        archive.write_out(str(out), verbose=False)
+    finally:
+        tf_log.setLevel(level)
 
 
 def _remove_temporaries(base: Path) -> None:

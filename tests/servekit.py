@@ -91,6 +91,22 @@ def make_run(models: Path, threshold: float | None = None, name: str | None = No
     return dst
 
 
+@functools.cache
+def _promoted(threshold) -> Path:
+    """A models folder where a copy of the trained run was promoted (so exported) once, per threshold."""
+    models = _trained().parents[2] / f"promoted-{threshold}"
+    runs.promote(models, make_run(models, threshold=threshold))
+    return models
+
+
+def promoted(models: Path, threshold: float | None = None) -> Path:
+    """`models` as runs.promote leaves it (runs/<run>, serving/landmarks/1, current), copied from a promotion
+    made once per session: for tests that need a served model, not a promotion. Returns the run."""
+    src = _promoted(threshold)
+    shutil.copytree(src, models, dirs_exist_ok=False)
+    return runs.current(models)
+
+
 def table_path() -> Path:
     """The place table the tiny model was trained with (three places, four attractions near the first)."""
     return _trained().parents[2] / "places.xlsx"

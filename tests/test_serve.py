@@ -41,8 +41,7 @@ def png(img: Image.Image) -> bytes:
 def served(tmp_path_factory):
     """A run promoted (so exported as version 1) and a server on it, with a small body cap and read timeout."""
     models = tmp_path_factory.mktemp("served") / "models"
-    run = servekit.make_run(models)
-    runs.promote(models, run)
+    run = servekit.promoted(models)
     with servekit.Running(models, servekit.table_path(),
                           limits=Limits(max_body=1_000_000, read_timeout=1.0)) as srv:
         srv.run = run
@@ -197,7 +196,7 @@ def test_locate_answers_with_the_place_raw_or_multipart(served):
 
 def test_locate_says_unknown_under_the_threshold(tmp_path):
     models = tmp_path / "models"
-    runs.promote(models, servekit.make_run(models, threshold=1.01))  # no photo can reach it
+    servekit.promoted(models, threshold=1.01)  # no photo can reach it
     with servekit.Running(models, servekit.table_path()) as srv:
         a = requests.post(f"{srv.url}/v1/locate", data=servekit.jpeg(servekit.place_photo(1, 3)),
                           headers={"Content-Type": "image/jpeg"}).json()
@@ -288,7 +287,7 @@ def test_the_upload_page(served):
 
 def test_connections_over_the_cap_get_503_at_once(tmp_path):
     models = tmp_path / "models"
-    runs.promote(models, servekit.make_run(models))
+    servekit.promoted(models)
     with servekit.Running(models, servekit.table_path(), limits=Limits(max_connections=2, read_timeout=5)) as srv:
         host, port = srv.url.split("//")[1].split(":")
         idle = [socket.create_connection((host, int(port))) for _ in range(2)]
@@ -303,7 +302,7 @@ def test_connections_over_the_cap_get_503_at_once(tmp_path):
 
 def test_full_queue_is_503_with_retry_after_and_slow_model_is_504(tmp_path):
     models = tmp_path / "models"
-    runs.promote(models, servekit.make_run(models))
+    servekit.promoted(models)
     with servekit.Running(models, servekit.table_path(), options=BatchOptions(queue_max=1),
                           limits=Limits(request_timeout=0.005)) as srv:
         batcher = srv.store._current.batcher
@@ -331,7 +330,7 @@ def test_full_queue_is_503_with_retry_after_and_slow_model_is_504(tmp_path):
 # --- hot reload ---
 def test_hot_reload_under_load_fails_no_request(tmp_path, caplog):
     models = tmp_path / "models"
-    runs.promote(models, servekit.make_run(models))
+    servekit.promoted(models)
     photo = servekit.jpeg(servekit.place_photo(2, 9))
     with servekit.Running(models, servekit.table_path(), poll=0.05) as srv:
         stop, answers, failures = threading.Event(), [], []
@@ -387,7 +386,7 @@ def test_hot_reload_under_load_fails_no_request(tmp_path, caplog):
 # --- serve.py itself ---
 def test_serve_py_starts_answers_and_stops_on_ctrl_c(tmp_path):
     models = tmp_path / "models"
-    runs.promote(models, servekit.make_run(models))
+    servekit.promoted(models)
     proc = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), "--port", "0", "--models", str(models),
                              "--places", str(servekit.table_path())], cwd=tmp_path, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -438,8 +437,8 @@ def test_learn_keeps_uploads_as_predict_learn_does(tmp_path):
 
     data = tmp_path / "data"
     accepted, doubtful = tmp_path / "m1", tmp_path / "m2"
-    runs.promote(accepted, servekit.make_run(accepted))
-    runs.promote(doubtful, servekit.make_run(doubtful, threshold=1.01))
+    servekit.promoted(accepted)
+    servekit.promoted(doubtful, threshold=1.01)
     photo = servekit.jpeg(servekit.place_photo(0, 31))
     with servekit.Running(accepted, servekit.table_path(), learn=serve.learner(data)) as srv:
         assert "Learning is on" in requests.get(srv.url + "/").text
@@ -525,7 +524,7 @@ def test_fuzz_paths_never_5xx(served, method, path):
 # --- batching ---
 def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(tmp_path):
     models = tmp_path / "models"
-    runs.promote(models, servekit.make_run(models))
+    servekit.promoted(models)
     photos = [servekit.jpeg(servekit.place_photo(i % 3, 600 + i)) for i in range(8)]
 
     def burst(url):

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 import servekit
-from locator import runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=412,915"]
+         "--disable-dev-shm-usage", "--window-size=480,1200"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def browser(tmp_path_factory):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     models = tmp_path_factory.mktemp("page") / "models"
-    runs.promote(models, servekit.make_run(models))
+    servekit.promoted(models)
     with servekit.Running(models, servekit.table_path()) as srv:
         yield srv
 
