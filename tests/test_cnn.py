@@ -93,7 +93,8 @@ def run_a(data_root, models):
     r = cnn("--data", data_root, "--models", models, "--epochs", 2, "--batch", 16, "--no-promote", *TINY)
     assert r.returncode == 0, r.stderr
     (run,) = new_runs(models, before)
-    return SimpleNamespace(dir=run, stdout=r.stdout, stderr=r.stderr, current=(models / "current").read_text())
+    return SimpleNamespace(dir=run, stdout=r.stdout, stderr=r.stderr, current=(models / "current").read_text(),
+                           exported=(models / "serving").exists())
 
 
 FRESH = r"""
@@ -241,7 +242,7 @@ def test_tensorboard_shows_the_layer_graph(fresh):
 # ---------------------------------------------------------------- promotion and resume
 
 def test_no_promote_leaves_current_alone(run_a, models):
-    assert run_a.current == OLD + "\n"
+    assert run_a.current == OLD + "\n" and not run_a.exported  # nor exported for serving
     assert "not promoted" in run_a.stderr
     assert (run_a.dir / "model.h5").exists()
 
