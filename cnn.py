@@ -46,8 +46,8 @@ def parse_args(argv=None):
                          "(default: model.compact's)")
     ap.add_argument("--stem", type=int, metavar="W", help="compact net: width of the stem conv, 0 for none "
                     "(default: model.compact's)")
-    ap.add_argument("--no-jit", action="store_true",
-                    help="no XLA compilation: starts sooner, trains slower (tiny test runs, debugging)")
+    ap.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
+                    help="XLA compilation (default off: 4-5x slower on this CPU, see bench/train_bench.py)")
     ap.add_argument("--no-background", action="store_true",
                     help="no 'none of our places' output even if the dataset has negatives")
     ap.add_argument("--shuffle-labels", action="store_true",
@@ -78,7 +78,7 @@ def settings(a):
     augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
     return train.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
                           weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
-                          seed=a.seed, name=a.name, background=not a.no_background, jit=not a.no_jit,
+                          seed=a.seed, name=a.name, background=not a.no_background, jit=a.jit,
                           extra={k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None})
 
 

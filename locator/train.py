@@ -131,7 +131,8 @@ class Settings:
     seed: int = config.SEED
     name: str = config.MODEL_NAME
     background: bool = True      # learn a "none of our places" output from the dataset's negatives, if packed
-    jit: bool = True             # XLA: fuses conv+BN+ReLU and the bf16 casts; 2x faster on this CPU (README)
+    jit: bool = False            # XLA: measured 4-5x SLOWER on this CPU (bench/train_bench.py), and Keras refuses it
+                                 # for the compact net anyway (its random augmentation layers cannot compile)
     extra: dict = field(default_factory=dict)  # architecture options (widths, ...)
 
 
