@@ -27,7 +27,8 @@ from locator.fsio import read_jsonl  # noqa: E402
 from tools.search_server import SearchServer  # noqa: E402
 
 COLOURS = [(230, 40, 40), (40, 210, 60), (50, 70, 235)]  # one tint a place: a 16x16 net learns it in 3 epochs
-PER_FOLDER = 26
+PER_FOLDER = 48
+FIRST = 40  # photos a place in the first run: enough validation photos (~4 a place) for cnn.py to pick a good epoch
 # the study's small net on 16x16 photos (no batch norm: its moving averages need more steps than these few;
 # float32 and no XLA: compiling costs more than the steps it would speed up)
 TINY = "--arch paper --batch 8 --precision float32 --no-jit"
@@ -42,7 +43,7 @@ def tinted(place: int, k: int) -> Image.Image:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A photo tree (one folder per place, named by its first query term) served on 127.0.0.1, its place table,
-    and a finished first pipeline run (crawl 20 a place, train, promote) to copy into each test."""
+    and a finished first pipeline run (crawl FIRST a place, train, promote) to copy into each test."""
     root = tmp_path_factory.mktemp("world")
     rows = []
     for i in range(len(COLOURS)):
@@ -56,7 +57,7 @@ def world(tmp_path_factory):
     with SearchServer(root / "photos") as server:
         first = root / "first"
         first.mkdir()
-        r = run_pipeline(first, server, root / "places.xlsx", "--per-place", 20)
+        r = run_pipeline(first, server, root / "places.xlsx", "--per-place", FIRST)
         assert r.returncode == 0, r.stderr
         yield {"root": root, "server": server, "places": root / "places.xlsx", "first": first,
                "first_stdout": r.stdout}
@@ -120,7 +121,7 @@ def test_first_run_trains_and_promotes(world):
     assert rep["status"] == "done" and rep["decision"]["action"] == "promoted", rep
     assert [n for n, s in rep["steps"].items() if s["status"] == "ok"] == list(pipeline.STEPS)
     assert all(s["seconds"] >= 0 for s in rep["steps"].values())
-    assert {i: r["raw_added"] for i, r in rep["photos"].items()} == {"00": 20, "01": 20, "02": 20}
+    assert {i: r["raw_added"] for i, r in rep["photos"].items()} == {"00": FIRST, "01": FIRST, "02": FIRST}
     assert all(r["train"] and r["val"] and r["test"] for r in rep["photos"].values())
     run = rep["candidate"]["run"]
     assert current(first) == run == rep["current_after"]
@@ -138,7 +139,7 @@ def test_first_run_trains_and_promotes(world):
 def test_a_run_without_new_photos_does_not_train(world, tmp_path):
     where = copy_of_first(world, tmp_path)
     before = sorted(p.name for p in (where / "models" / "runs").iterdir())
-    r = run_pipeline(where, world["server"], world["places"], "--per-place", 20)
+    r = run_pipeline(where, world["server"], world["places"], "--per-place", FIRST)
     assert r.returncode == 0, r.stderr
     rep = reports(where)[-1]
     assert rep["decision"]["action"] == "skipped" and "no new photos" in rep["decision"]["reason"]
@@ -156,7 +157,7 @@ def test_a_worse_candidate_is_rejected_and_test_photos_keep_their_split(world, t
     rep = reports(where)[-1]
     assert rep["decision"]["action"] == "rejected", rep["decision"]
     assert "worse than the current model" in rep["decision"]["reason"]
-    assert {i: p["raw_added"] for i, p in rep["photos"].items()} == {"00": 6, "01": 6, "02": 6}
+    assert {i: p["raw_added"] for i, p in rep["photos"].items()} == {i: PER_FOLDER - FIRST for i in ("00", "01", "02")}
     new, old = rep["candidate"]["metrics"], rep["current"]["metrics"]
     assert new["test_photos"] == old["test_photos"] == sum(p["test"] for p in rep["photos"].values())
     assert new["test_accuracy"] < old["test_accuracy"]
@@ -236,7 +237,9 @@ def test_kill_9_mid_training_then_concurrent_rerun_and_rollback(world, tmp_path)
     killed = reports(where)[-1]
     assert killed["status"] == "running" and killed["step"] == "train"
 
-    r = run_pipeline(where, srv, table, *more)  # the same settings: the interrupted training is resumed
+    # the same settings: the interrupted training is resumed (a wide tolerance: this test is about resuming, and
+    # two good tiny models may differ by a test photo)
+    r = run_pipeline(where, srv, table, *more, "--tolerance", 0.5)
     assert r.returncode == 0, r.stderr
     reps = reports(where)
     assert reps[-2]["id"] == killed["id"] and reps[-2]["status"] == "interrupted"
