@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -246,6 +247,7 @@ def main():
     finally:
         for server in servers.values():
             server.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the quick model and its export: nothing to keep
 
     rows = []
     for clients in (1, 8):
