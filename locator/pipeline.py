@@ -310,13 +310,16 @@ class Job:
             self.save()
         log.info("%s: %s in %.1f s", name, rec["status"], rec["seconds"])
 
-    def step(self, name: str, argv, ok=(0,), poll=None) -> int:
+    def step(self, name: str, argv, warn=(), poll=None) -> int:
+        """Run a step's script; an exit code in `warn` is a warning, any other but 0 a StepFailed."""
         with self.timed(name) as rec:
             rec["log"] = f"{name}.log"
             log.info("%s: %s", name, shlex.join(argv[1:]))
             code = spawn(argv, self.folder / rec["log"], poll)
             rec["exit"] = code
-            if code not in ok:
+            if code in warn:
+                rec["status"] = "warning"
+            elif code != 0:
                 rec["status"] = "failed"
                 why = last_error(self.folder / rec["log"]) or f"exit code {code}"
                 raise StepFailed(f"{name} failed (exit {code}): {why} (see {self.folder / rec['log']})")
@@ -373,9 +376,8 @@ class Job:
         before = {p.index: RawFolder(raw / p.index).count() for p in self.table}
         if self.cfg.no_crawl:
             self.report["steps"]["crawl"] = {"status": "skipped", "reason": "--no-crawl", "seconds": 0.0}
-        elif self.step("crawl", self.cmd["crawl"], ok=(0, 1)) == 1:
+        elif self.step("crawl", self.cmd["crawl"], warn=(1,)) == 1:
             # exit 1: the source gave nothing (offline, exhausted); the photos we have are still good to use
-            self.report["steps"]["crawl"]["status"] = "warning"
             log.warning("crawl collected nothing (%s); going on with the photos already there",
                         last_error(self.folder / "crawl.log"))
         for p in self.table:
