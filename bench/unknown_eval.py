@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from locator import config, train  # noqa: E402
-from locator.predictor import acceptance  # noqa: E402
+from locator.predictor import acceptance, accepted  # noqa: E402
 from locator.report import format_table  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def main():
         _, score = acceptance(train.predict(net, elsewhere), n, bg)
         acc = float((train.predict(net, known.x["test"])[:, :n].argmax(1) == known.y["test"]).mean())
         rows.append([variant, f"{acc:.1%}", f"{unknown['threshold']:.3f}", f"{unknown['test_true_accept']:.1%}",
-                     f"{(score >= unknown['threshold']).mean():.1%}",
+                     f"{accepted(score, unknown['threshold']).mean():.1%}",
                      f"{unknown.get('test_negatives_false_accept', float('nan')):.1%}", f"{secs:.0f}"])
         print(format_table(["variant", "test acc", "threshold", "true accept", "FA kept-out places",
                             "FA everyday", "train s"], rows), flush=True)

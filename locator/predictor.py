@@ -30,6 +30,12 @@ def acceptance(probs: np.ndarray, classes: int, background: bool):
     return best, score
 
 
+def accepted(score, threshold: float):
+    """THE acceptance rule: a score of 0 (the background output won) is never accepted, whatever the threshold."""
+    score = np.asarray(score)
+    return (score > 0) & (score >= threshold)
+
+
 @dataclass
 class Predictor:
     model: object        # keras.Model: uint8 pixels in, probabilities out
@@ -73,7 +79,7 @@ class Predictor:
         place_probs = probs_row[: self.classes]
         best, score = acceptance(probs_row[None], self.classes, bool(self.meta.get("background")))
         cls, conf = int(best[0]), float(place_probs[best[0]])
-        return (cls if score[0] >= self.threshold and score[0] > 0 else None), conf, place_probs
+        return (cls if accepted(score[0], self.threshold) else None), conf, place_probs
 
     def answer(self, probs_row: np.ndarray, nearby: int = 5) -> dict:
         """The place answer for one photo, as predict.py's JSON and serve.py's /v1/locate give it."""

@@ -358,20 +358,20 @@ def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.
     are still accepted (predictor.acceptance is the rule). The false-accept rate is measured on the validation
     negatives, and on the test split's places and negatives for the record. predict.py and serve.py read it
     from metadata.json."""
-    from .predictor import acceptance
+    from .predictor import acceptance, accepted
 
     bg, n = uses_background(data, s), len(data.classes)
     _, score = acceptance(predict(net, data.x["val"]), n, bg)
     threshold = float(np.quantile(score, 1 - true_accept))
-    threshold = max(threshold, 1e-6)  # never accept what the background output rejected (score 0)
-    out = {"score": "max_softmax" + ("+background" if bg else ""), "threshold": round(threshold, 4),
-           "true_accept": round(float((score >= threshold).mean()), 4), "false_accept": None,
+    threshold = round(threshold, 6)
+    out = {"score": "max_softmax" + ("+background" if bg else ""), "threshold": threshold,
+           "true_accept": round(float(accepted(score, threshold).mean()), 4), "false_accept": None,
            "calibrated_on": "val"}
     _, test_score = acceptance(predict(net, data.x["test"]), n, bg)
-    out["test_true_accept"] = round(float((test_score >= threshold).mean()), 4)
+    out["test_true_accept"] = round(float(accepted(test_score, threshold).mean()), 4)
     for split in ("val", "test"):
         if len(data.neg.get(split, ())):
             _, neg_score = acceptance(predict(net, data.neg[split]), n, bg)
-            out[f"{split}_negatives_false_accept"] = round(float((neg_score >= threshold).mean()), 4)
+            out[f"{split}_negatives_false_accept"] = round(float(accepted(neg_score, threshold).mean()), 4)
     out["false_accept"] = out.get("val_negatives_false_accept")
     return out
