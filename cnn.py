@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 from locator import config, runs
-from locator.fsio import atomic_write_json
 from locator.report import summary_table
 from locator.cli import ArgumentParser, UserError, run, setup_logging
 
@@ -131,12 +130,8 @@ def main(argv=None):
     net, seconds, epochs_run = train.train(data, run_dir, s, progress=not a.no_progress)
     log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
              epochs_run * len(data.y["train"]) / max(seconds, 1e-9))
-    model_path = train.save_model(net, run_dir)
-    metrics = train.evaluate(net, data, run_dir)
-    unknown = train.calibrate_unknown(net, data, s)
-    meta = train.metadata(data, s, metrics, seconds, unknown)
-    meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
-    atomic_write_json(run_dir / "metadata.json", meta)
+    metrics, meta = train.finish(net, data, run_dir, s, seconds)
+    unknown = meta["unknown"]
 
     print(summary_table(metrics))
     print(f"run {run_dir}  model {meta['metrics']['model_mb']} MB  {seconds:.0f} s  "

@@ -42,7 +42,11 @@ class Predictor:
     meta: dict           # metadata.json
     table: PlaceTable
     run: Path
-    threshold: float
+    threshold: float | None = None  # None: the one calibrated by cnn.py (metadata.json `unknown.threshold`)
+
+    def __post_init__(self):
+        if self.threshold is None:
+            self.threshold = float((self.meta.get("unknown") or {}).get("threshold") or 0.0)
 
     @classmethod
     def load(cls, run, table: PlaceTable, threshold: float | None = None) -> "Predictor":
@@ -52,8 +56,6 @@ class Predictor:
             model, meta = runs.load(run)
         except (OSError, ValueError) as e:  # a truncated or foreign model.h5: the user's to fix, not a traceback
             raise UserError(f"{Path(run) / 'model.h5'}: cannot load the model ({type(e).__name__}: {str(e)[:160]})")
-        if threshold is None:
-            threshold = float((meta.get("unknown") or {}).get("threshold") or 0.0)
         return cls(model, meta, table, Path(run), threshold)
 
     @property

@@ -5,8 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report, runs, train
-from .fsio import atomic_write_json
+from . import runs, train
 
 
 def data_from_arrays(x, y, classes, negatives=None, resize_mode: str = "squash", val=None) -> "train.Data":
@@ -24,9 +23,5 @@ def quick_run(models, data, settings) -> Path:
     """Train `settings` on `data` into a new run under `models`/runs/ (not made current); returns the run."""
     run = runs.new_run(models)
     net, seconds, _ = train.train(data, run, settings, progress=False)
-    train.save_model(net, run)
-    probs = train.predict(net, data.x["test"])[:, :len(data.classes)]
-    metrics = report.classification_metrics(data.y["test"], probs.argmax(1), data.classes)
-    unknown = train.calibrate_unknown(net, data, settings)
-    atomic_write_json(run / "metadata.json", train.metadata(data, settings, metrics, seconds, unknown))
+    train.finish(net, data, run, settings, seconds, plots=False)
     return run

@@ -192,8 +192,7 @@ def load(version_dir, table):
     if list(sig.input_shape[1:3]) != list(meta["input_size"]):
         raise UserError(f"{version_dir}: the signature takes {sig.input_shape[1:3]} images, metadata.json says "
                         f"{meta['input_size']}")
-    threshold = float((meta.get("unknown") or {}).get("threshold") or 0.0)  # as Predictor.load reads it
-    return Predictor(sig, meta, table, version_dir, threshold)
+    return Predictor(sig, meta, table, version_dir)
 
 
 def signature_defs(version_dir) -> dict:

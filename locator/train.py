@@ -316,19 +316,31 @@ def save_model(net, run: Path) -> Path:
     return path
 
 
-def evaluate(net, data: Data, run: Path) -> dict:
-    """Test-split metrics and plots (nothing is chosen on the test split)."""
+def evaluate(net, data: Data, run: Path, plots: bool = True) -> dict:
+    """Test-split metrics (metrics.json) and, unless plots=False, the plots (nothing is chosen on the test split)."""
     probs = predict(net, data.x["test"])[:, :len(data.classes)]  # closed set: the best of our places
     metrics = report.classification_metrics(data.y["test"], probs.argmax(1), data.classes)
-    plots = run / "plots"
-    names = [c["name"] for c in data.classes]
-    hist = run / "logs" / "history.csv"
-    if hist.exists():
-        report.plot_history(report.read_history(hist), plots / "history.png")
-    report.plot_confusion(metrics["confusion"]["matrix"], names, plots / "confusion.png")
-    report.plot_mistakes(np.asarray(data.x["test"]), data.y["test"], probs, names, plots / "mistakes.png")
+    if plots:
+        folder = run / "plots"
+        names = [c["name"] for c in data.classes]
+        hist = run / "logs" / "history.csv"
+        if hist.exists():
+            report.plot_history(report.read_history(hist), folder / "history.png")
+        report.plot_confusion(metrics["confusion"]["matrix"], names, folder / "confusion.png")
+        report.plot_mistakes(np.asarray(data.x["test"]), data.y["test"], probs, names, folder / "mistakes.png")
     atomic_write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def finish(net, data: Data, run: Path, s: Settings, seconds: float, plots: bool = True):
+    """Everything after fit, in the order that keeps a run consistent: model.h5, test metrics, the unknown
+    threshold, then metadata.json last (a run without it is unfinished). Returns (test metrics, metadata)."""
+    model_path = save_model(net, run)
+    metrics = evaluate(net, data, run, plots)
+    meta = metadata(data, s, metrics, seconds, calibrate_unknown(net, data, s))
+    meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
+    atomic_write_json(run / "metadata.json", meta)
+    return metrics, meta
 
 
 def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: dict) -> dict:
