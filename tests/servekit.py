@@ -62,7 +62,7 @@ def _trained() -> Path:
     data = _dataset(root)
     models = root / "models"
     run = runs.new_run(models)
-    s = train.Settings(arch="compact", epochs=4, batch=16, precision="float32", lr=1e-2, augment=0.0,
+    s = train.Settings(arch="compact", epochs=12, batch=16, precision="float32", lr=1e-2, augment=0.0,
                        jit=False, extra=dict(widths=(8, 16), stem=8))
     net, seconds, _ = train.train(data, run, s, progress=False)
     train.save_model(net, run)

@@ -549,8 +549,9 @@ def test_concurrent_requests_share_model_calls_and_each_gets_its_own_answer(tmp_
                 alone[i] = r.json()
         together = burst(srv.url)
     assert max(int(r.headers["X-Batch-Size"]) for r in together) > 1
-    for i, r in enumerate(together):   # rows never get mixed up between the requests of one batch
-        assert r.json()["top3"] == alone[i]["top3"] and r.json()["name"] == f"Place {i % 3}"
+    for i, r in enumerate(together):   # rows never get mixed up between the requests of one batch: every photo
+        # gets the answer it got alone (the tiny model's accuracy is not the point here, and not stable)
+        assert r.json()["top3"] == alone[i]["top3"] and r.json()["name"] == alone[i]["name"]
     with servekit.Running(models, servekit.table_path(), options=BatchOptions(batching=False)) as srv:
         unbatched = burst(srv.url)
     assert {r.headers["X-Batch-Size"] for r in unbatched} == {"1"}
