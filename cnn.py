@@ -9,9 +9,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from locator import config, runs
-from locator.report import summary_table
-from locator.cli import ArgumentParser, UserError, run, setup_logging
+from locator.core import config
+from locator.core.cli import ArgumentParser, run, setup_logging
+from locator.core.errors import UserError
+from locator.core.metrics import summary_table
+from locator.runs import promote, runs
 
 log = logging.getLogger("cnn")
 
@@ -33,7 +35,7 @@ def parse_args(argv=None):
     ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
     ap.add_argument("--arch", choices=("compact", "paper"), default=config.ARCH)
     ap.add_argument("--epochs", type=int, default=config.EPOCHS)
-    ap.add_argument("--batch", type=int, default=config.BATCH)
+    ap.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
     ap.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=config.PRECISION)
     ap.add_argument("--lr", type=float, default=config.LR, help="peak learning rate of the one-cycle schedule")
     ap.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
@@ -52,7 +54,7 @@ def parse_args(argv=None):
     ap.add_argument("--shuffle-labels", action="store_true",
                     help="for testing only: train on shuffled train/val labels, a deliberately bad model "
                          "(tests pipeline.py's promotion check)")
-    ap.add_argument("--seed", type=int, default=config.SEED)
+    ap.add_argument("--seed", type=int, default=config.TRAIN_SEED)
     ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
     ap.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
                     help="continue an interrupted run (default: the newest one without model.h5) with the "
@@ -72,10 +74,10 @@ def parse_args(argv=None):
 
 def settings(a):
     """The training settings the flags ask for."""
-    from locator import train
+    from locator.train import fit
 
     augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
-    return train.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
+    return fit.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
                           weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
                           seed=a.seed, name=a.name, background=not a.no_background, jit=a.jit,
                           extra={k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None})
@@ -86,9 +88,9 @@ def resumed_settings(a, run_dir):
     `cnn.py --resume` needs no other flag; a training flag given now that contradicts them is a mistake."""
     from dataclasses import asdict
 
-    from locator import train
+    from locator.train import fit
 
-    started = train.started_settings(run_dir)
+    started = fit.started_settings(run_dir)
     if started is None:  # a run from before settings were recorded: the flags must repeat them
         return settings(a)
     given, default, kept = asdict(settings(a)), asdict(settings(parse_args([]))), asdict(started)
@@ -105,7 +107,8 @@ def main(argv=None):
     a = parse_args(argv)
     setup_logging(a.verbose)
     runs.env_threads()
-    from locator import train  # TensorFlow loads later, in train(), once flags, run and data are known to be fine
+    # TensorFlow loads later, in train(), once flags, run and data are known to be fine
+    from locator.train import finish, fit
 
     if a.resume:  # checked before the dataset is read: a resume mistake is the one line the user sees
         run_dir = runs.unfinished_run(a.models) if a.resume == "latest" else Path(a.resume)
@@ -115,9 +118,9 @@ def main(argv=None):
             raise UserError(f"--resume {run_dir}: that run finished (it has model.h5); start a new run")
         s = resumed_settings(a, run_dir)
         log.info("resuming %s", run_dir)
-    data = train.load_data(config.dataset_dir(a.data))
+    data = fit.load_data(config.dataset_dir(a.data))
     log.info("dataset: %s train, %s val, %s test photos of %dx%d, %d places",
-             *(len(data.y[s]) for s in train.SPLITS), *data.input_size, len(data.classes))
+             *(len(data.y[s]) for s in fit.SPLITS), *data.input_size, len(data.classes))
     if a.shuffle_labels:
         import numpy as np
 
@@ -127,10 +130,10 @@ def main(argv=None):
     if not a.resume:
         run_dir, s = runs.new_run(a.models), settings(a)
 
-    net, seconds, epochs_run = train.train(data, run_dir, s, progress=not a.no_progress)
+    net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)
     log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
              epochs_run * len(data.y["train"]) / max(seconds, 1e-9))
-    metrics, meta = train.finish(net, data, run_dir, s, seconds)
+    metrics, meta = finish.write_run(net, data, run_dir, s, seconds)
     unknown = meta["unknown"]
 
     print(summary_table(metrics))
@@ -139,7 +142,7 @@ def main(argv=None):
     if a.no_promote:
         log.info("not promoted (--no-promote): models/current is unchanged")
     else:
-        runs.promote(a.models, run_dir)
+        promote.promote(a.models, run_dir)
         log.info("%s is now current", run_dir.name)
     return 0
 

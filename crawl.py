@@ -13,12 +13,14 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from locator import config, engines, places
-from locator.cli import ArgumentParser, UserError, run, setup_logging
-from locator.crawler import crawl, summary_table
-from locator.fsio import exclusive
-from locator.http import FetchError, Fetcher, check_url
-from locator.rawstore import RawFolder
+from locator.core import config, places
+from locator.core.cli import ArgumentParser, run, setup_logging
+from locator.core.errors import UserError
+from locator.core.fsio import exclusive
+from locator.crawl import engines
+from locator.crawl.crawler import crawl, summary_table
+from locator.crawl.fetch import Fetcher, FetchError, check_url
+from locator.crawl.rawstore import RawFolder
 
 log = logging.getLogger("crawl")
 
@@ -32,10 +34,11 @@ def parse_args(argv=None):
     ap.add_argument("--per-place", type=int, default=config.PER_PLACE,
                     help="photos each place's folder should hold (default %(default)s)")
     ap.add_argument("--only", help="comma list of place indexes, e.g. 00,0a")
-    ap.add_argument("--workers", type=int, default=config.WORKERS, help="parallel downloads (default %(default)s)")
-    ap.add_argument("--per-host", type=int, default=config.PER_HOST,
+    ap.add_argument("--workers", type=int, default=config.CRAWL_WORKERS,
+                    help="parallel downloads (default %(default)s)")
+    ap.add_argument("--per-host", type=int, default=config.CRAWL_PER_HOST,
                     help="parallel requests to one host (default %(default)s; raise it for a local mirror)")
-    ap.add_argument("--timeout", type=float, default=config.READ_TIMEOUT,
+    ap.add_argument("--timeout", type=float, default=config.CRAWL_READ_TIMEOUT,
                     help="read timeout in seconds (default %(default)s)")
     ap.add_argument("--out", type=Path, default=config.raw_dir(config.DATA), help="default %(default)s")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. under cron)")

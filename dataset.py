@@ -13,9 +13,11 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from locator import config, dataset, places
-from locator.cli import ArgumentParser, UserError, add_data_flags, run, setup_logging
-from locator.report import format_table
+from locator.core import config, places
+from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
+from locator.core.errors import UserError
+from locator.core.tables import format_table
+from locator.data import dataset
 
 log = logging.getLogger("dataset")
 

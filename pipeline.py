@@ -16,8 +16,11 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from locator import config, cron, engines, pipeline
-from locator.cli import ArgumentParser, UserError, add_data_flags, run, setup_logging
+from locator.core import config
+from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
+from locator.core.errors import UserError
+from locator.crawl import engines
+from locator.job import cron, job, settings, steps
 
 log = logging.getLogger("pipeline")
 
@@ -65,7 +68,7 @@ def parse_args(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     ap = build_parser()
     pre, _ = ap.parse_known_args(argv)
-    file_argv = pipeline.config_argv(pre.config, ap) if pre.config else []
+    file_argv = settings.config_argv(pre.config, ap) if pre.config else []
     try:
         base = ap.parse_args(file_argv)
     except UserError as e:
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
     args, base, ap = parse_args(argv)
     setup_logging(args.verbose)
     if args.install_cron:
-        command = [pipeline.venv_python(), pipeline.REPO / "pipeline.py", *pipeline.cron_argv(ap, args, base)]
+        command = [settings.venv_python(), steps.REPO / "pipeline.py", *settings.cron_argv(ap, args, base)]
         line = cron.line(args.install_cron, Path.cwd(), command, args.logs, args.models)
         print(line)
         if args.apply:
@@ -96,9 +99,9 @@ def main(argv=None) -> int:
             log.info("crontab: %s", "line installed" if changed else "already installed; nothing to do")
         return 0
     if args.rollback:
-        return pipeline.rollback(args)
+        return job.rollback(args)
     with logging_redirect_tqdm():
-        return pipeline.run(args)
+        return job.run(args)
 
 
 if __name__ == "__main__":

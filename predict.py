@@ -11,8 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
-from locator import config, inference, learn, places, results, runs
-from locator.cli import ArgumentParser, UserError, add_data_flags, run, setup_logging
+from locator.core import config, places
+from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
+from locator.core.errors import UserError
+from locator.predict import learn, outputs, scan
+from locator.runs import runs
 
 log = logging.getLogger("predict")
 
@@ -60,7 +63,8 @@ def output_base(a) -> Path:
 
 
 def report_evaluation(metrics, res, predictor, path, out) -> None:
-    from locator.report import plot_confusion, summary_table
+    from locator.core.metrics import summary_table
+    from locator.train.evaluate import plot_confusion
 
     if "per_place" in metrics:
         print("\n" + summary_table(metrics), file=out)
@@ -78,8 +82,8 @@ def main(argv=None):
     a = parse_args(argv)
     setup_logging(a.verbose)
     table = places.load(a.places)
-    photos = inference.find_photos(a.folder)
-    labelled = inference.label_photos(photos, table)
+    photos = scan.find_photos(a.folder)
+    labelled = scan.label_photos(photos, table)
     if a.eval and not labelled:
         raise UserError(f"--eval: no photo of {a.folder} is in a subfolder named by a place index (e.g. "
                         f"{table.places[0].index}) or first query term (e.g. {table.places[0].folder}) or "
@@ -93,7 +97,7 @@ def main(argv=None):
         return 0
     run_dir = runs.resolve(a.models, a.model)
     runs.env_threads()
-    from locator.predictor import Predictor  # TensorFlow loads here, once the cheap checks have passed
+    from locator.predict.predictor import Predictor  # TensorFlow loads here, once the cheap checks have passed
 
     predictor = Predictor.load(run_dir, table, a.threshold)
     log.info("model %s (%d places%s), threshold %.3f; %d photos in %s", run_dir, predictor.classes,
@@ -101,34 +105,34 @@ def main(argv=None):
     sheet = None if a.no_sheet else (a.sheet or output_base(a).with_suffix(".png"))
 
     def predict(items):
-        return list(inference.predict_photos(predictor, items, a.batch, a.workers, not a.no_progress,
+        return list(scan.predict_photos(predictor, items, a.batch, a.workers, not a.no_progress,
                                              config.SHEET_MAX if sheet else 0, a.nearby))
 
     res = predict(photos)
     out = sys.stderr if a.format == "tfserving" else sys.stdout
     if a.format == "tfserving":
-        print(json.dumps(results.tfserving(res)))
+        print(json.dumps(outputs.tfserving(res)))
         for r in res:
             if not r.ok:
                 log.warning("%s: unreadable (%s: %s)", r.photo.name, r.reason, r.detail)
     elif res:
-        print(results.table_text(res))
-        where = results.places_text(res)
+        print(outputs.table_text(res))
+        where = outputs.places_text(res)
         print("\n" + where if where else "")
     if res:
-        print(results.summary_line(res, predictor.threshold, run_dir.name), file=out)
+        print(outputs.summary_line(res, predictor.threshold, run_dir.name), file=out)
 
-    metrics = inference.evaluate(res, table) if labelled else None
+    metrics = scan.evaluate(res, table) if labelled else None
     if metrics:
         report_evaluation(metrics, res, predictor, Path(str(output_base(a)) + "_confusion.png"), out)
     header = {"folder": str(a.folder), "model": run_dir.name, "threshold": predictor.threshold,
               "background": bool(predictor.meta.get("background")), "created": runs.now_iso()}
     if a.json:
-        results.write_json(a.json, res, header, metrics)
+        outputs.write_json(a.json, res, header, metrics)
     if a.csv:
-        results.write_csv(a.csv, res)
+        outputs.write_csv(a.csv, res)
     if sheet and res:
-        n = results.contact_sheet(res, sheet, f"{a.folder}: model {run_dir.name}, threshold {predictor.threshold:.3f}")
+        n = outputs.contact_sheet(res, sheet, f"{a.folder}: model {run_dir.name}, threshold {predictor.threshold:.3f}")
         log.info("contact sheet (%d photos): %s", n, sheet)
 
     if a.learn:

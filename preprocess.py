@@ -9,11 +9,14 @@ data/rejected/<reason>/ and listed in data/rejected.csv; exact and near-duplicat
 photo found under two places is rejected as `conflict`. Prints a table per place. Exit 2 for bad input.
 """
 import logging
+
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from locator import config, places, preprocessing
-from locator.cli import ArgumentParser, UserError, add_data_flags, run, setup_logging
-from locator.report import format_table
+from locator.core import config, places
+from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
+from locator.core.errors import UserError
+from locator.core.tables import format_table
+from locator.data import preprocess
 
 log = logging.getLogger("preprocess")
 
@@ -47,13 +50,13 @@ def main(argv=None) -> int:
     if not 0 <= args.near_dup_distance <= 32:
         raise UserError("--near-dup-distance must be between 0 and 32 (of 64 bits)")
     table = places.load(args.places)
-    opt = preprocessing.Options(size=args.size, mode=args.resize_mode, min_side=args.min_side,
+    opt = preprocess.Options(size=args.size, mode=args.resize_mode, min_side=args.min_side,
                                 max_pixels=args.max_pixels, near=args.near_dup_distance,
                                 keep_rejected=args.keep_rejected, workers=args.workers,
                                 progress=not args.no_progress)
     with logging_redirect_tqdm():
-        summary = preprocessing.run(args.data, table, opt)
-    print(format_table(*preprocessing.table_rows(summary, table)))
+        summary = preprocess.run(args.data, table, opt)
+    print(format_table(*preprocess.table_rows(summary, table)))
     if not summary.changed:
         log.info("nothing to do: %s is up to date", config.processed_dir(args.data))
     return 0

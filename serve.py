@@ -8,16 +8,18 @@ import errno
 import logging
 from pathlib import Path
 
-from locator import config, runs
-from locator.cli import ArgumentParser, UserError, run, setup_logging
+from locator.core import config
+from locator.core.cli import ArgumentParser, run, setup_logging
+from locator.core.errors import UserError
+from locator.runs import runs
 
 log = logging.getLogger("serve")
 
 
 def parse_args(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--host", default=config.HOST, help="address to listen on (default %(default)s)")
-    ap.add_argument("--port", type=int, default=config.PORT, help="port (default %(default)s; 0 = any free one)")
+    ap.add_argument("--host", default=config.SERVE_HOST, help="address to listen on (default %(default)s)")
+    ap.add_argument("--port", type=int, default=config.SERVE_PORT, help="port (default %(default)s; 0 = any free one)")
     ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
     ap.add_argument("--name", default=config.MODEL_NAME, help="served model: models/serving/<name>/ "
                                                               "(default %(default)s)")
@@ -25,13 +27,13 @@ def parse_args(argv=None):
     ap.add_argument("--data", type=Path, default=config.DATA, help="data root for --learn (default %(default)s)")
     ap.add_argument("--learn", action="store_true", help="keep accepted uploads in data/raw/<index>/ and the "
                                                          "others in data/review/ (off by default)")
-    ap.add_argument("--max-batch", type=int, default=config.BATCH_MAX, help="photos per model call at most")
-    ap.add_argument("--batch-window", type=float, default=config.BATCH_WINDOW * 1000, metavar="MS",
+    ap.add_argument("--max-batch", type=int, default=config.SERVE_BATCH_MAX, help="photos per model call at most")
+    ap.add_argument("--batch-window", type=float, default=config.SERVE_BATCH_WINDOW * 1000, metavar="MS",
                     help="ms a model call waits for concurrent requests to join it (default %(default)g)")
     ap.add_argument("--no-batching", action="store_true", help="run every request's photos on their own")
-    ap.add_argument("--queue", type=int, default=config.QUEUE_MAX, help="photos waiting at most; more: 503")
-    ap.add_argument("--max-body-mb", type=float, default=config.MAX_BODY / 2**20, help="request body cap (413)")
-    ap.add_argument("--timeout", type=float, default=config.REQUEST_TIMEOUT, help="seconds a request may wait "
+    ap.add_argument("--queue", type=int, default=config.SERVE_QUEUE_MAX, help="photos waiting at most; more: 503")
+    ap.add_argument("--max-body-mb", type=float, default=config.SERVE_MAX_BODY / 2**20, help="request body cap (413)")
+    ap.add_argument("--timeout", type=float, default=config.SERVE_REQUEST_TIMEOUT, help="seconds a request may wait "
                                                                                   "for the model (504)")
     ap.add_argument("--poll", type=float, default=config.RELOAD_POLL, help="seconds between looks for a new "
                                                                            "version (0: no hot reload)")
@@ -49,20 +51,21 @@ def main(argv=None):
     a = parse_args(argv)
     setup_logging(a.verbose)
     runs.env_threads()
-    from locator import places, serving
-    from locator.modelstore import BatchOptions, ModelStore
-    from locator.server import Limits, make_server
+    from locator.core import places
+    from locator.runs import export, promote
+    from locator.serve.modelstore import BatchOptions, ModelStore
+    from locator.serve.server import Limits, make_server
 
     table = places.load(a.places)
-    base = serving.model_dir(a.models, a.name)
-    if not serving.versions(base):
+    base = export.model_dir(a.models, a.name)
+    if not export.versions(base):
         cur = runs.current(a.models)
         if cur is None:
             raise UserError(f"no exported model in {base}/ and no current model in {a.models}/: train one with "
                             "`python cnn.py` (it exports on promotion)")
         # a run promoted before exports existed: export it now, as its promotion would have
         log.info("%s has no serving export yet; exporting the current run %s", base, cur.name)
-        serving.export(a.models, cur)
+        promote.ensure_exported(a.models, cur)
     store = ModelStore(base, table, BatchOptions(a.max_batch, a.batch_window / 1000, a.queue, not a.no_batching),
                        poll=a.poll).start()
     limits = Limits(max_body=int(a.max_body_mb * 2**20), request_timeout=a.timeout)
@@ -88,7 +91,7 @@ def main(argv=None):
 
 def learner(data):
     """predict.py's --learn, for one upload: (photo bytes, place answer, file name) -> what was kept."""
-    from locator import learn
+    from locator.predict import learn
 
     return lambda photo, answer, name: learn.keep_upload(data, photo, answer, name)
 

@@ -4,7 +4,7 @@ A loopback tools/search_server.py (its own process, 50 ms added to every request
 serves 300 generated photos in the Commons API shape. Both contestants fetch the same 300 photos:
 - sequential: requests.get on each results page and each photo, one after the other, bytes written to disk
   (no checks at all: the naive crawler);
-- crawl: locator.crawler.crawl, as crawl.py runs it: pooled session, parallel downloads, every photo fully
+- crawl: locator.crawl.crawler.crawl, as crawl.py runs it: pooled session, parallel downloads, every photo fully
   decoded, hashed, fsynced, renamed and listed in the manifest.
 
     python bench/crawl_bench.py [--images 300] [--latency 0.05]
@@ -22,9 +22,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locator import config, crawler, engines, places  # noqa: E402
-from locator.cli import ArgumentParser, run  # noqa: E402
-from locator.http import Fetcher  # noqa: E402
+from locator.core import config, places  # noqa: E402
+from locator.core.cli import ArgumentParser, run  # noqa: E402
+from locator.crawl import crawler, engines
+from locator.crawl.fetch import Fetcher  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,8 +93,10 @@ def main(argv=None) -> int:
         try:
             rows = []
             contestants = [("sequential requests loop", lambda out: sequential(api_url, args.images, out)),
-                           (f"crawl machinery, workers {config.WORKERS} per-host {config.PER_HOST} (defaults)",
-                            lambda out: machinery(api_url, args.images, out, config.WORKERS, config.PER_HOST)),
+                           (f"crawl machinery, workers {config.CRAWL_WORKERS} per-host {config.CRAWL_PER_HOST} "
+                            "(defaults)",
+                            lambda out: machinery(api_url, args.images, out, config.CRAWL_WORKERS,
+                                                  config.CRAWL_PER_HOST)),
                            ("crawl machinery, workers 16 per-host 16",
                             lambda out: machinery(api_url, args.images, out, 16, 16))]
             for n, (name, fn) in enumerate(contestants):

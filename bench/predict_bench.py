@@ -8,7 +8,7 @@ The photos are copied (round robin over the places of ../shared/datasets/indian_
 epochs on other photos of the same places: this measures speed, not accuracy, but the net has the real
 architecture and input size, so a call costs what it costs in use.
 Naive: load the model, then for each photo open it, convert, resize to the input size and model.predict() it
-alone. Ours: inference.predict_photos (threads decode the next batch while the model predicts this one, JPEG
+alone. Ours: scan.predict_photos (threads decode the next batch while the model predicts this one, JPEG
 draft decoding, whole batches per model call) with every place answer built. predict.py end to end adds reading
 the table, loading the model and writing the table, CSV, JSON and the contact sheet. Both loops get one warm-up
 call first, so the first call's tracing counts for neither.
@@ -28,8 +28,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from locator import config, images, places, runs  # noqa: E402
-from locator.report import format_table  # noqa: E402
+from locator.core import config, images, places  # noqa: E402
+from locator.core.tables import format_table  # noqa: E402
+from locator.runs import runs
 
 SHARED = REPO.parent / "shared" / "datasets" / "indian_monuments"
 
@@ -60,7 +61,7 @@ def copy_photos(chosen, folder: Path) -> list:
 
 def quick_model(photos: Path, table, work: Path, per_place: int, epochs: int) -> Path:
     """A compact net at the real input size, trained briefly on the first photos of each place."""
-    from locator import quickrun, train
+    from locator.train import fit, quickrun
 
     x, y = [], []
     for place in table:
@@ -71,7 +72,7 @@ def quick_model(photos: Path, table, work: Path, per_place: int, epochs: int) ->
             except images.ImageRejected:
                 continue
     data = quickrun.data_from_arrays(np.stack(x), np.array(y), table.classes())
-    s = train.Settings(epochs=epochs, augment=0.0, jit=False)  # the default architecture and precision
+    s = fit.Settings(epochs=epochs, augment=0.0, jit=False)  # the default architecture and precision
     return quickrun.quick_run(work / "models", data, s)
 
 
@@ -130,10 +131,9 @@ def main():
 
     import keras
 
-    from locator import inference
-    from locator.predictor import Predictor
-
     import predict  # the script itself, for the end-to-end row
+    from locator.predict import scan
+    from locator.predict.predictor import Predictor
 
     predictor = Predictor.load(run, table, threshold=0.0)
     size = predictor.size
@@ -142,9 +142,9 @@ def main():
     predictor.probabilities(np.stack([predictor.pixels(files[0])] * 2))
 
     naive_pred, t_naive, c_naive = timed(lambda: naive(model, files, size))
-    photos = inference.find_photos(args.work / "photos")  # the same files, in the same (sorted) order
+    photos = scan.find_photos(args.work / "photos")  # the same files, in the same (sorted) order
     assert [p.path for p in photos] == files
-    ours, t_ours, c_ours = timed(lambda: list(inference.predict_photos(
+    ours, t_ours, c_ours = timed(lambda: list(scan.predict_photos(
         predictor, photos, args.batch, args.workers, progress=False, nearby=config.NEARBY)))
     out = args.work / "results"
     argv = [str(args.work / "photos"), "--model", str(run), "--places", str(args.places), "--no-progress",

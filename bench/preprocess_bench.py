@@ -5,7 +5,7 @@
 
 The photos are copied into a temporary data/raw/<index>/ layout under /tmp (in the order of the shared
 places.xlsx; never into the repo). Naive: open, convert to RGB, resize to 64x64, save a PNG, one process.
-Ours: preprocessing.run (process pool, JPEG draft decoding, hashing, duplicate groups, manifest), from an empty
+Ours: preprocess.run (process pool, JPEG draft decoding, hashing, duplicate groups, manifest), from an empty
 data/processed each round. The rounds alternate so that a busy machine slows both alike; the best round counts.
 "CPU ms/photo" (this process and its workers) shows the work done whatever else the machine is running; the
 wall-clock ratio also depends on how many cores are free.
@@ -23,9 +23,10 @@ sys.path.insert(0, str(REPO))
 
 from PIL import Image  # noqa: E402
 
-from locator import config, images, places, preprocessing  # noqa: E402
-from locator.rawstore import RawFolder  # noqa: E402
-from locator.report import format_table  # noqa: E402
+from locator.core import config, images, places  # noqa: E402
+from locator.core.tables import format_table  # noqa: E402
+from locator.crawl.rawstore import RawFolder  # noqa: E402
+from locator.data import preprocess
 
 SHARED = REPO.parent / "shared" / "datasets" / "indian_monuments"
 
@@ -85,7 +86,7 @@ def main():
         for f in files:  # warm the page cache: both sides read from memory
             f.read_bytes()
         n = len(files)
-        opt = preprocessing.Options(workers=args.workers, progress=False)
+        opt = preprocess.Options(workers=args.workers, progress=False)
         best = {"naive": float("inf"), "ours": float("inf")}
         cpus = {"naive": float("inf"), "ours": float("inf")}
         for _ in range(args.rounds):
@@ -97,12 +98,12 @@ def main():
             for p in (config.processed_dir(data), data / "rejected", data / "rejected.csv"):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
             t, c = time.perf_counter(), cpu()
-            s = preprocessing.run(data, table, opt)
+            s = preprocess.run(data, table, opt)
             best["ours"] = min(best["ours"], time.perf_counter() - t)
             cpus["ours"] = min(cpus["ours"], cpu() - c)
             assert sum(s.new.values()) == n, "every photo must be processed in a cold run"
         t, c = time.perf_counter(), cpu()
-        s = preprocessing.run(data, table, opt)
+        s = preprocess.run(data, table, opt)
         rerun = time.perf_counter() - t
         cpus["rerun"] = cpu() - c
         assert sum(s.new.values()) == 0

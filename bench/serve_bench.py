@@ -33,9 +33,9 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from bench.predict_bench import SHARED, pick, quick_model  # noqa: E402  (the same quick model and photo pick)
-from locator import config, places, runs  # noqa: E402
-from locator.report import format_table  # noqa: E402
-
+from locator.core import config, places  # noqa: E402
+from locator.core.tables import format_table  # noqa: E402
+from locator.runs import runs
 
 BATCHED, UNBATCHED = "serve.py, batched", "serve.py, unbatched (--no-batching)"
 NAIVE = "naive: model loaded per request"
@@ -49,7 +49,7 @@ def naive_server(run: Path, table_path: Path, port: int) -> None:
     import keras
     from PIL import Image
 
-    from locator.predictor import Predictor
+    from locator.predict.predictor import Predictor
 
     table, meta = places.load(table_path), runs.read_metadata(run)
     size = meta["input_size"][0]
@@ -198,7 +198,7 @@ def main():
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from locator import serving
+    from locator.runs import export
 
     table = places.load(args.places)
     work = Path(tempfile.mkdtemp(prefix="serve_bench-"))
@@ -211,13 +211,13 @@ def main():
         origin = (f"model trained here: compact, {args.epochs} epochs on 10 other photos a place, "
                   f"{time.perf_counter() - t0:.0f} s; speed only, not accuracy")
     meta = runs.read_metadata(run)
-    serving.export(work / "models", run)  # into the temporary folder: the repo's models/ is left alone
+    export.write_version(work / "models", run)  # into the temporary folder: the repo's models/ is left alone
     photos = [p.read_bytes() for p, _ in pick(args.photos, table, args.count, skip=10)]
     print(f"{len(photos)} photos ({np.mean([len(p) for p in photos]) / 1e3:.0f} kB on average), "
           f"{meta['input_size'][0]}x{meta['input_size'][1]}; {origin}; {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
-    window = config.BATCH_WINDOW * 1000 if args.batch_window is None else args.batch_window
+    window = config.SERVE_BATCH_WINDOW * 1000 if args.batch_window is None else args.batch_window
     common = ["--port", "0", "--models", str(work / "models"), "--name", meta["name"], "--places",
               str(args.places.resolve()), "--poll", "0"]
     contestants = [
@@ -259,7 +259,7 @@ def main():
                          f"{r['cpu']:.1f}", r["errors"]])
     print(format_table(["server", "clients", "requests", "req/s", "p50 ms", "p99 ms", "x unbatched",
                         "photos/call", "server CPU ms/req", "errors"], rows))
-    print(f"batched: window {window:g} ms, at most {config.BATCH_MAX} photos a call; best of {args.rounds} "
+    print(f"batched: window {window:g} ms, at most {config.SERVE_BATCH_MAX} photos a call; best of {args.rounds} "
           "alternating rounds (the naive server: one round)")
     b8 = results[BATCHED, 8]["rps"] / results[UNBATCHED, 8]["rps"]
     p99 = results[BATCHED, 1]["p99"]

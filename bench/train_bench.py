@@ -4,7 +4,7 @@
     .venv/bin/python bench/train_bench.py --arch compact --epochs 1
     .venv/bin/python bench/train_bench.py --arch compact --augment 0   # compact as XLA can compile it
 
-Each combination runs train.train() exactly as cnn.py does (tf.data pipeline, in-model augmentation, validation,
+Each combination runs fit.train() exactly as cnn.py does (tf.data pipeline, in-model augmentation, validation,
 checkpoints, TensorBoard logs) on synthetic uint8 photos the size of the real dataset (1800 train and 225
 validation photos of 64x64, 23 places; speed does not depend on what the pixels show). The first epoch (tracing,
 XLA compilation, the cache filling) is timed apart as warm-up; img/s = training photos per second over the
@@ -29,17 +29,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from locator import config, train  # noqa: E402
-from locator.report import format_table  # noqa: E402
+from locator.core import config  # noqa: E402
+from locator.core.tables import format_table  # noqa: E402
+from locator.train import fit
 
 
-def synthetic(n_train: int, n_val: int, classes: int, size: int, seed: int = 0) -> train.Data:
+def synthetic(n_train: int, n_val: int, classes: int, size: int, seed: int = 0) -> fit.Data:
     rng = np.random.default_rng(seed)
     x = {s: rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8) for s, n in
          (("train", n_train), ("val", n_val), ("test", n_val))}
     y = {s: rng.integers(0, classes, len(x[s])).astype(np.int32) for s in x}
     names = [{"class": i, "index": f"{i:02x}", "name": f"Place {i}"} for i in range(classes)]
-    return train.Data(x, y, {s: [""] * len(x[s]) for s in x}, names, "synthetic", config.RESIZE_MODE)
+    return fit.Data(x, y, {s: [""] * len(x[s]) for s in x}, names, "synthetic", config.RESIZE_MODE)
 
 
 def timer():
@@ -68,7 +69,7 @@ def main():
     ap.add_argument("--classes", type=int, default=23)
     ap.add_argument("--size", type=int, default=config.SIZE)
     ap.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up one (default %(default)s)")
-    ap.add_argument("--batch", type=int, default=config.BATCH)
+    ap.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
     ap.add_argument("--augment", type=float, help="augmentation strength for both nets (default: cnn.py's, "
                     f"{config.AUGMENT:g} for compact, 0 for paper); 0 shows what XLA does for compact")
     args = ap.parse_args()
@@ -85,12 +86,12 @@ def main():
     bar = tqdm(total=len(combos), unit="run")
     try:
         for i, (arch, prec, jit) in enumerate(combos):
-            s = train.Settings(arch=arch, epochs=1 + args.epochs, batch=args.batch, precision=prec, jit=jit,
+            s = fit.Settings(arch=arch, epochs=1 + args.epochs, batch=args.batch, precision=prec, jit=jit,
                                augment=args.augment if args.augment is not None  # else cnn.py's per-arch default
                                else config.AUGMENT if arch == "compact" else 0.0)
             bar.set_description(f"{arch} {prec} jit {'on' if jit else 'off'}")
             t = timer()
-            train.train(data, tmp / f"run{i}", s, progress=False, callbacks=[t])
+            fit.train(data, tmp / f"run{i}", s, progress=False, callbacks=[t])
             timed = sum(t.seconds[1:])
             rows.append([arch, prec, "on" if jit else "off", "yes" if t.xla else "no", t.seconds[0],
                          timed / args.epochs, args.train * args.epochs / timed])

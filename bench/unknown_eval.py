@@ -19,24 +19,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from locator import config, train  # noqa: E402
-from locator.predictor import acceptance, accepted  # noqa: E402
-from locator.report import format_table  # noqa: E402
+from locator.core import config  # noqa: E402
+from locator.core.tables import format_table  # noqa: E402
+from locator.predict.predictor import acceptance, accepted  # noqa: E402
+from locator.train import finish, fit
 
 
-def without(data: train.Data, holdout: set):
+def without(data: fit.Data, holdout: set):
     """(known-places Data with contiguous classes, photos of the kept-out places from every split)."""
     keep = [c for c in data.classes if c["index"] not in holdout]
     remap = np.full(len(data.classes), -1)
     remap[[c["class"] for c in keep]] = np.arange(len(keep))
     x, y, files, out = {}, {}, {}, []
-    for s in train.SPLITS:
+    for s in fit.SPLITS:
         known = remap[data.y[s]] >= 0
         x[s], y[s] = data.x[s][known], remap[data.y[s][known]].astype(np.int32)
         files[s] = [f for f, k in zip(data.files[s], known) if k]
         out.append(data.x[s][~known])
     classes = [{**c, "class": i} for i, c in enumerate(keep)]
-    return train.Data(x, y, files, classes, data.fingerprint, data.resize_mode, data.neg), np.concatenate(out)
+    return fit.Data(x, y, files, classes, data.fingerprint, data.resize_mode, data.neg), np.concatenate(out)
 
 
 def main():
@@ -47,17 +48,17 @@ def main():
     ap.add_argument("--true-accept", type=float, default=config.UNKNOWN_TRUE_ACCEPT)
     ap.add_argument("--variants", default="softmax,background")
     a = ap.parse_args()
-    data = train.load_data(config.dataset_dir(a.data))
+    data = fit.load_data(config.dataset_dir(a.data))
     known, elsewhere = without(data, set(a.holdout.split(",")))
     rows = []
     for variant in a.variants.split(","):
-        s = train.Settings(epochs=a.epochs, background=(variant == "background"))
+        s = fit.Settings(epochs=a.epochs, background=(variant == "background"))
         with tempfile.TemporaryDirectory() as tmp:
-            net, secs, _ = train.train(known, Path(tmp), s, progress=True)
-        unknown = train.calibrate_unknown(net, known, s, a.true_accept)
-        bg, n = train.uses_background(known, s), len(known.classes)
-        _, score = acceptance(train.predict(net, elsewhere), n, bg)
-        acc = float((train.predict(net, known.x["test"])[:, :n].argmax(1) == known.y["test"]).mean())
+            net, secs, _ = fit.train(known, Path(tmp), s, progress=True)
+        unknown = finish.calibrate_unknown(net, known, s, a.true_accept)
+        bg, n = fit.uses_background(known, s), len(known.classes)
+        _, score = acceptance(finish.predict(net, elsewhere), n, bg)
+        acc = float((finish.predict(net, known.x["test"])[:, :n].argmax(1) == known.y["test"]).mean())
         rows.append([variant, f"{acc:.1%}", f"{unknown['threshold']:.3f}", f"{unknown['test_true_accept']:.1%}",
                      f"{accepted(score, unknown['threshold']).mean():.1%}",
                      f"{unknown.get('test_negatives_false_accept', float('nan')):.1%}", f"{secs:.0f}"])

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from locator import places
-from locator.rawstore import RawFolder
+from locator.core import places
+from locator.crawl.rawstore import RawFolder
 
 
 def photo(seed: int, w: int = 96, h: int = 72) -> Image.Image:

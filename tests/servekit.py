@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from locator import places, report, runs, train
-from locator.fsio import atomic_write_json
+from locator.core import places
+from locator.core.fsio import atomic_write_json
+from locator.core.metrics import classification_metrics
+from locator.runs import promote, runs
+from locator.train import finish, fit
 
 SIZE = 32
 PLACES = 3
@@ -37,8 +40,8 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def _dataset(tmp: Path) -> train.Data:
-    from locator import images
+def _dataset(tmp: Path) -> fit.Data:
+    from locator.core import images
 
     x, y, files = {}, {}, {}
     for split, n, offset in (("train", 24, 0), ("val", 6, 1000), ("test", 6, 2000)):
@@ -51,7 +54,7 @@ def _dataset(tmp: Path) -> train.Data:
     attractions = [["Museum", 37.51, 127.0, "museum", ""], ["Park", 37.5, 127.03, "park", ""],
                    ["Tower", 38.6, 128.0, "view", ""], ["Market", 37.52, 127.01, "market", ""]]
     places.write(tmp / "places.xlsx", rows, attractions)
-    return train.Data(x, y, files, places.load(tmp / "places.xlsx").classes(), "test-fingerprint", "squash")
+    return fit.Data(x, y, files, places.load(tmp / "places.xlsx").classes(), "test-fingerprint", "squash")
 
 
 @functools.cache
@@ -62,15 +65,15 @@ def _trained() -> Path:
     data = _dataset(root)
     models = root / "models"
     run = runs.new_run(models)
-    s = train.Settings(arch="compact", epochs=12, batch=16, precision="float32", lr=1e-2, augment=0.0,
+    s = fit.Settings(arch="compact", epochs=12, batch=16, precision="float32", lr=1e-2, augment=0.0,
                        jit=False, extra=dict(widths=(8, 16), stem=8))
-    net, seconds, _ = train.train(data, run, s, progress=False)
-    train.save_model(net, run)
+    net, seconds, _ = fit.train(data, run, s, progress=False)
+    finish.save_model(net, run)
     probs = net.predict(data.x["test"], verbose=0)
-    metrics = report.classification_metrics(data.y["test"], probs.argmax(1), data.classes)
+    metrics = classification_metrics(data.y["test"], probs.argmax(1), data.classes)
     unknown = {"score": "max_softmax", "threshold": 0.0, "true_accept": 1.0, "false_accept": None,
                "calibrated_on": "val"}
-    atomic_write_json(run / "metadata.json", train.metadata(data, s, metrics, seconds, unknown))
+    atomic_write_json(run / "metadata.json", finish.metadata(data, s, metrics, seconds, unknown))
     return run
 
 
@@ -95,12 +98,12 @@ def make_run(models: Path, threshold: float | None = None, name: str | None = No
 def _promoted(threshold) -> Path:
     """A models folder where a copy of the trained run was promoted (so exported) once, per threshold."""
     models = _trained().parents[2] / f"promoted-{threshold}"
-    runs.promote(models, make_run(models, threshold=threshold))
+    promote.promote(models, make_run(models, threshold=threshold))
     return models
 
 
 def promoted(models: Path, threshold: float | None = None) -> Path:
-    """`models` as runs.promote leaves it (runs/<run>, serving/landmarks/1, current), copied from a promotion
+    """`models` as promote.promote leaves it (runs/<run>, serving/landmarks/1, current), copied from a promotion
     made once per session: for tests that need a served model, not a promotion. Returns the run."""
     src = _promoted(threshold)
     shutil.copytree(src, models, dirs_exist_ok=False)
@@ -117,11 +120,12 @@ class Running:
 
     def __init__(self, models, places, poll: float = 0.0, learn=None, limits=None, options=None,
                  name: str = "landmarks"):
-        from locator import places as placelib, serving
-        from locator.modelstore import BatchOptions, ModelStore
-        from locator.server import make_server
+        from locator.core import places as placelib
+        from locator.runs import export
+        from locator.serve.modelstore import BatchOptions, ModelStore
+        from locator.serve.server import make_server
 
-        self.store = ModelStore(serving.model_dir(models, name), placelib.load(places), options or BatchOptions(),
+        self.store = ModelStore(export.model_dir(models, name), placelib.load(places), options or BatchOptions(),
                                 poll=poll).start()
         self.server = make_server(self.store, "127.0.0.1", 0, limits, learn)
         self.url = self.server.url

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo's package, when run as a script
 
-from locator import places  # noqa: E402
-from locator.cli import ArgumentParser, run  # noqa: E402
+from locator.core import places  # noqa: E402
+from locator.core.cli import ArgumentParser, run  # noqa: E402
 
 # name, search terms (English first, then Korean), latitude, longitude, address, description
 PLACES = [

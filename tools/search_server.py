@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 if __package__ in (None, ""):  # run as a script: make the repo's package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locator.places import folder_name  # noqa: E402
+from locator.core.places import folder_name  # noqa: E402
 
 LICENCES = ("CC BY-SA 4.0", "CC BY 2.0", "Public domain", "CC BY-SA 3.0")
 _KEYWORD = re.compile(r"\b\w+:\S+")  # CirrusSearch keywords such as filetype:bitmap are filters, not words
@@ -218,7 +218,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv=None) -> int:
-    from locator.cli import ArgumentParser, UserError, setup_logging
+    from locator.core.cli import ArgumentParser, setup_logging
+    from locator.core.errors import UserError
 
     ap = ArgumentParser(description="Serve a folder of photos as the Commons API and Bing HTML.")
     ap.add_argument("--root", type=Path, required=True, help="one subfolder per place")
@@ -243,5 +244,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from locator.cli import run
+    from locator.core.cli import run
     run(main)

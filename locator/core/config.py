@@ -1,0 +1,132 @@
+"""Paths and defaults: the one place they live. Every script's flags default to these values."""
+from pathlib import Path
+
+# --- paths (relative to the working directory, like the study's scripts) ---
+PLACES = Path("places.xlsx")
+DATA = Path("data")            # root of every data folder below
+MODELS = Path("models")
+TEST_IMAGE = Path("test_image")
+LOGS = Path("logs")            # pipeline.py: one folder per run (log + report.json), cron.log
+
+
+def raw_dir(data: Path) -> Path:
+    return Path(data) / "raw"
+
+
+def processed_dir(data: Path) -> Path:
+    return Path(data) / "processed"
+
+
+def dataset_dir(data: Path) -> Path:
+    return Path(data) / "dataset"
+
+
+def processed_manifest(data: Path) -> Path:
+    return processed_dir(data) / "manifest.jsonl"
+
+
+def rejected_dir(data: Path) -> Path:
+    return Path(data) / "rejected"
+
+
+def rejected_csv(data: Path) -> Path:
+    return Path(data) / "rejected.csv"
+
+
+def negatives_dir(data: Path) -> Path:
+    """Everyday photos of none of the places (dataset.py --negatives default): the background class."""
+    return Path(data) / "negatives"
+
+
+def review_dir(data: Path) -> Path:
+    return Path(data) / "review"
+
+
+def serving_dir(models: Path) -> Path:
+    """models/serving/<model name>/<version>/: SavedModel exports in TensorFlow Serving's layout."""
+    return Path(models) / "serving"
+
+
+# --- place table ---
+MIN_PLACES, MAX_PLACES = 2, 256
+
+# --- crawling ---
+PER_PLACE = 300
+CRAWL_WORKERS = 16                   # parallel downloads in all
+CRAWL_PER_HOST = 8                   # concurrent requests to one host (a browser opens 6-8; Commons serves
+                               # thumbnails from its CDN host, the API from another)
+ENGINE = "commons"
+CRAWL_CONNECT_TIMEOUT = 5.0          # seconds
+CRAWL_READ_TIMEOUT = 20.0
+CRAWL_RETRIES = 3
+CRAWL_BACKOFF = 0.5                  # seconds, doubled per retry
+CRAWL_MAX_RETRY_AFTER = 30.0         # never sleep longer than this for a Retry-After
+CRAWL_MAX_BYTES = 15 * 1024 * 1024   # byte cap per downloaded image
+THUMB_WIDTH = 640              # Commons thumbnail width: plenty for 64x64 training
+MAX_REDIRECTS = 5              # more hops than this (or a loop) is a failed download, not a hang
+DOWNLOAD_DEADLINE = 60.0       # seconds for one whole body: a server dripping bytes cannot stall a worker
+COMMONS_API = "https://commons.wikimedia.org/w/api.php"
+BING_URL = "https://www.bing.com/images/async"   # the results page Bing's own infinite scroll loads
+SEARCH_PAGE = 50               # results asked for per search request (Commons allows up to 50 with imageinfo)
+MAX_SEARCH_PAGES = 40          # a source that keeps paging past this is assumed to be looping
+USER_AGENT = ("LandmarkLocator/0.1 (+https://github.com/landmark-locator/landmark-locator; "
+              "research crawler for landmark photos)")
+
+# --- images ---
+SIZE = 64
+RESIZE_MODE = "squash"         # squash | crop | pad (see README for the measured choice)
+RESIZE_MODES = ("squash", "crop", "pad")
+MIN_SIDE = 32                  # shortest side under this: rejected as too small
+MAX_PIXELS = 40_000_000        # over this: rejected as a decompression bomb
+PAD_COLOUR = (0, 0, 0)
+PREPROCESS_WORKERS = 0         # processes decoding photos; 0 = one per core
+
+# --- dataset ---
+SPLIT = (0.8, 0.1, 0.1)        # train / val / test by a hash of the near-duplicate group
+NEAR_DUP_DISTANCE = 8          # phash bits: on the shared photos, pairs at 8 are re-edits of one shot, at 10 not always
+SPLIT_SEED = 0                 # salt of the split hash; changing it reshuffles every split (keep it for stability)
+
+# --- training ---
+EPOCHS = 50
+TRAIN_BATCH = 64
+TRAIN_SEED = 1337
+ARCH = "compact"               # compact | paper (the study's 6.5 M-parameter net)
+PRECISION = "mixed_bfloat16"   # float32 | mixed_bfloat16 (this CPU has AVX512-BF16; see README's table)
+LR = 3e-3                      # peak of the one-cycle schedule (AdamW)
+WEIGHT_DECAY = 5e-4
+LABEL_SMOOTHING = 0.1
+CUTMIX = 0.5                   # share of training batches mixed by CutMix (0 = off): +3 points on val (README)
+AUGMENT = 1.0                  # strength of the in-model augmentation (0 = off)
+MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
+UNKNOWN_TRUE_ACCEPT = 0.95     # the unknown threshold keeps this share of validation photos
+
+# --- serving (serve.py; TensorFlow Serving's REST API) ---
+SERVE_HOST = "127.0.0.1"             # loopback unless --host says otherwise: a public server is a deliberate choice
+SERVE_PORT = 8501                    # TF Serving's REST port
+SERVING_KEEP = 10              # exported versions kept per model (older ones are removed; their runs stay)
+SERVE_BATCH_MAX = 32                 # photos per model call at most
+SERVE_BATCH_WINDOW = 0.005           # seconds a model call waits for more requests to join it (TF Serving's
+                               # batch_timeout_micros), only while more can come (other open connections);
+                               # while a call runs, arrivals queue and join the next
+SERVE_QUEUE_MAX = 128                # photos waiting for the model; more -> 503 with Retry-After
+SERVE_MAX_CONNECTIONS = 64           # open connections; more -> 503 at once (each costs a thread)
+SERVE_MAX_BODY = 16 * 1024 * 1024    # bytes of one request body; more -> 413 (a phone photo is 2-8 MB)
+SERVE_REQUEST_TIMEOUT = 10.0         # seconds a request may wait for the model -> 504
+SERVE_READ_TIMEOUT = 10.0            # seconds of client silence while sending a request -> 408 (slow clients)
+RELOAD_POLL = 2.0              # seconds between looks for a new exported version
+SERVE_RETRY_AFTER = 1                # seconds, the Retry-After of a 503
+NEARBY = 5                     # attractions in a place answer
+
+# --- pipeline.py (the scheduled job) ---
+PROMOTE_TOLERANCE = 0.01       # a candidate may trail the current model by this much (accuracy and macro F1, both
+                               # on the current test split) and still be promoted: one or two photos of noise
+CRON_SCHEDULE = "0 3 * * 0"    # the example in README and --help: Sundays at 03:00
+
+# --- predict.py ---
+PREDICT_BATCH = 128            # photos per model call (one call's overhead is spread over the batch)
+PREDICT_WORKERS = 0            # threads decoding photos while the model predicts; 0 = one per core
+RESULTS_SUFFIX = "_results"    # test_image/ -> test_image_results.png (+ _confusion.png) beside the folder
+SHEET_THUMB = 96               # contact sheet: thumbnail side in pixels
+SHEET_COLUMNS = 8
+SHEET_MAX = 480                # photos on a contact sheet; the table, CSV and JSON always list them all
+UNKNOWN_FOLDER = "unknown"     # evaluation: photos under test_image/unknown/ are none of our places

@@ -1,0 +1,149 @@
+"""Decode, validate and normalise photos: the ONE function used to build the training set, to predict and to serve.
+
+`normalise(src)` -> uint8 array (size, size, 3). Training images, predict.py and serve.py all go through it, so a
+photo is turned into pixels the same way whichever door it comes in by.
+"""
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from locator.core import config
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated photo is rejected, never half-grey
+Image.MAX_IMAGE_PIXELS = None            # we enforce our own cap before decoding (see decode)
+
+REASONS = ("empty", "not_image", "truncated", "too_small", "too_large", "unreadable")
+
+# Magic bytes of the formats we accept from the web (checked before Pillow sees a byte).
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+)
+
+
+class ImageRejected(Exception):
+    """A file that is not a usable photo. `reason` is one of REASONS; `detail` says more."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+def sniff(head: bytes):
+    """File extension for the image format whose magic bytes start `head`, or None."""
+    for magic, ext in _MAGIC:
+        if head.startswith(magic):
+            return ext
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tif"
+    return None
+
+
+def _open(src):
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        data = bytes(src)
+        if not data:
+            raise ImageRejected("empty", "zero bytes")
+        return Image.open(io.BytesIO(data))
+    if isinstance(src, (str, Path)):
+        if Path(src).stat().st_size == 0:
+            raise ImageRejected("empty", "zero bytes")
+    return Image.open(src)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to RGB; transparency is laid on white (a logo on a transparent page is on white in a browser)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a * 255.0 / top, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode(src, min_side: int = config.MIN_SIDE, max_pixels: int = config.MAX_PIXELS, draft: int | None = None):
+    """Open and fully decode a photo (path, bytes or file object) into an upright RGB image.
+
+    Returns (image, (width, height)) where (width, height) is the stored size before any draft reduction.
+    `draft`: for JPEG, let libjpeg decode at a reduced scale that stays >= draft pixels on each side (much
+    faster for large photos that end up as 64x64). Raises ImageRejected with the reason.
+    """
+    try:
+        img = _open(src)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError:
+        raise ImageRejected("not_image", "not a recognised image format")
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageRejected("unreadable", str(e)[:200])
+    try:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageRejected("too_large", f"{w}x{h} is over the {max_pixels:,} pixel cap")
+        if min(w, h) < min_side:
+            raise ImageRejected("too_small", f"{w}x{h}; the shortest side must be >= {min_side}")
+        img.seek(0)  # animations: the first frame
+        if draft and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": harmless, the pixels are what matter
+            img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of every upright photo
+        return _to_rgb(img), (w, h)
+    except ImageRejected:
+        raise
+    except OSError as e:
+        msg = str(e)
+        reason = "truncated" if "truncated" in msg or "broken data stream" in msg or "premature" in msg.lower() \
+            else "unreadable"
+        raise ImageRejected(reason, msg[:200])
+    except (ValueError, SyntaxError, EOFError, Image.DecompressionBombError, MemoryError) as e:
+        raise ImageRejected("unreadable", f"{type(e).__name__}: {str(e)[:200]}")
+
+
+def draft_for(size: int) -> int:
+    """The JPEG draft target for a size x size output: libjpeg decodes at 1/2, 1/4 or 1/8 scale as long as both
+    sides stay >= this. Its DCT scaling averages blocks (a clean box filter), so drafting down to the output size
+    itself loses nothing a 64x64 image can show, and decodes a 600x400 photo 1.7x faster than drafting to twice it.
+
+    Everything that must give normalise()'s pixels (preprocess, predict, serve) asks here, never repeats it.
+    """
+    return size
+
+
+def resize(img: Image.Image, size: int = config.SIZE, mode: str = config.RESIZE_MODE) -> Image.Image:
+    """Make a size x size image: `squash` (plain resize, the study), `crop` (centre square), `pad` (fit, pad)."""
+    if mode == "squash":
+        return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if mode == "crop":  # ImageOps.fit takes no reducing_gap: resize the centre square box directly
+        w, h = img.size
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side),
+                          reducing_gap=2.0)
+    if mode == "pad":
+        return ImageOps.pad(img, (size, size), Image.Resampling.BILINEAR, color=config.PAD_COLOUR)
+    raise ValueError(f"unknown resize mode {mode!r}; use one of {', '.join(config.RESIZE_MODES)}")
+
+
+def normalise(src, size: int = config.SIZE, mode: str = config.RESIZE_MODE, min_side: int = config.MIN_SIDE,
+              max_pixels: int = config.MAX_PIXELS) -> np.ndarray:
+    """Photo (path, bytes, file object or PIL image) -> uint8 array (size, size, 3). Raises ImageRejected."""
+    if isinstance(src, Image.Image):
+        img = _to_rgb(src)
+    else:
+        img, _ = decode(src, min_side=min_side, max_pixels=max_pixels, draft=draft_for(size))
+    return np.asarray(resize(img, size, mode), dtype=np.uint8)

@@ -1,0 +1,380 @@
+"""Step 3: data/processed -> data/dataset/, and the reading side of that folder (for cnn.py and others).
+
+data/dataset/ holds x_{train,val,test}.npy (uint8, N x H x W x 3), y_*.npy (class numbers, int(index, 16)),
+files_*.txt (the raw file behind each row, relative to the data root), classes.json ([{class, index, name}], one
+entry per row of the place table) and summary.json (counts per place and split, the fingerprint).
+
+Split rule: each near-duplicate group (preprocess.py's `group`, the smallest raw sha256 in it) sits at a position
+u = sha256(seed:key) in [0, 1); u < train share -> train, then val, then test. A photo's split depends only on its
+group, so it never moves when photos are added, and near-duplicates never straddle two splits. Every place must
+have a group in each split; when the hash leaves one empty, the group whose u lies nearest to that split moves into
+it (from a split that keeps at least one). That rescue is the one case where a photo can change split as the data
+grows, and only while its place is that small; summary.json lists it. A place with fewer than 3 groups (or, with
+--min-per-class N, fewer than N photos) is an error, or with --min-per-class left out with a warning. A place left
+out keeps its class number and its entry in classes.json (marked "left_out": true), so that class numbers stay
+int(index, 16) everywhere: the model gets an output no photo trains, which it learns never to predict.
+"""
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from locator.core import config
+from locator.core.errors import UserError
+from locator.core.fsio import atomic_write_json, exclusive
+from locator.data.preprocess import PENDING, read_manifest
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SUMMARY = "summary.json"
+CLASSES = "classes.json"
+_TMP, _OLD = ".dataset.tmp-", ".dataset.old-"
+
+
+# ---------------------------------------------------------------- split rule
+
+def parse_split(text: str) -> tuple:
+    """'80/10/10' (or 0.8/0.1/0.1) -> (0.8, 0.1, 0.1). Every split needs a share: every place must be in each."""
+    parts = str(text).replace(",", "/").split("/")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise UserError(f"--split {text!r}: give three positive shares train/val/test, e.g. 80/10/10")
+    total = sum(values)
+    if not (abs(total - 100) < 1e-6 or abs(total - 1) < 1e-9):
+        raise UserError(f"--split {text!r}: the shares add up to {total:g}; they must add up to 100 (or 1)")
+    return tuple(v / total for v in values)
+
+
+def position(key: str, seed=config.SPLIT_SEED) -> float:
+    """Where a group sits in [0, 1): a hash of its key, so the same group always lands in the same split."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big") / 2.0 ** 64
+
+
+def _bounds(split) -> dict:
+    train, val, _ = split
+    return {"train": (0.0, train), "val": (train, train + val), "test": (train + val, 1.0)}
+
+
+def split_of(key: str, split=config.SPLIT, seed=config.SPLIT_SEED) -> str:
+    u = position(key, seed)
+    for name, (lo, hi) in _bounds(split).items():
+        if lo <= u < hi:
+            return name
+    return "test"  # u within a rounding error of 1.0
+
+
+def assign(keys, split=config.SPLIT, seed=config.SPLIT_SEED):
+    """Split of each group key of ONE place, after the rescue. Returns ({key: split}, [(key, from, to)]).
+
+    A split the hash leaves empty takes the group nearest to it from a split that keeps one; test first."""
+    where = {k: split_of(k, split, seed) for k in keys}
+    bounds, rescued = _bounds(split), []
+    for name in ("test", "val", "train"):
+        if name in where.values():
+            continue
+        lo, hi = bounds[name]
+        sizes = defaultdict(int)
+        for s in where.values():
+            sizes[s] += 1
+        donors = [k for k in sorted(keys) if sizes[where[k]] > 1]
+        if not donors:
+            continue
+        u = {k: position(k, seed) for k in donors}
+        best = min(donors, key=lambda k: (lo - u[k] if u[k] < lo else u[k] - hi, k))
+        rescued.append((best, where[best], name))
+        where[best] = name
+    return where, rescued
+
+
+def fingerprint(entries, size: int, mode: str) -> str:
+    """Identity of a dataset: hash of the sorted (split, raw file, raw sha256, class) list, the size and the mode.
+
+    cnn.py stores it in metadata.json; read it back with dataset_fingerprint(dataset_dir)."""
+    h = hashlib.sha256(json.dumps({"size": size, "resize_mode": mode}, sort_keys=True).encode())
+    for e in sorted(tuple(map(str, e)) for e in entries):
+        h.update(("\t".join(e) + "\n").encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- reading data/dataset (cnn.py, pipeline.py)
+
+def _read(path: Path, read):
+    """read(path); a missing or unreadable file (deleted, truncated, not what dataset.py writes) is one UserError
+    naming it, not a traceback from numpy or json."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: build the dataset first (python dataset.py)")
+    except (OSError, ValueError, EOFError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path}: unreadable ({type(e).__name__}: {str(e)[:100]}); rebuild it with python dataset.py")
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_summary(dataset_dir=None) -> dict:
+    return _read(Path(dataset_dir or config.dataset_dir(config.DATA)) / SUMMARY, _json)
+
+
+def dataset_fingerprint(dataset_dir=None) -> str:
+    """The fingerprint dataset.py stored for the dataset in `dataset_dir` (what metadata.json records)."""
+    return read_summary(dataset_dir)["fingerprint"]
+
+
+def load_split(dataset_dir, split: str, mmap: bool = True):
+    """(x, y, files) of one split; x memory-mapped by default, so a large dataset is not read whole."""
+    d = Path(dataset_dir)
+    x = _read(d / f"x_{split}.npy", lambda p: np.load(p, mmap_mode="r" if mmap else None))
+    y = _read(d / f"y_{split}.npy", np.load)
+    files = _read(d / f"files_{split}.txt", lambda p: p.read_text(encoding="utf-8").splitlines())
+    return x, y, files
+
+
+def load_classes(dataset_dir) -> list:
+    return _read(Path(dataset_dir) / CLASSES, _json)
+
+
+# ---------------------------------------------------------------- building
+
+@dataclass
+class Plan:
+    size: int
+    mode: str
+    rows: dict                                  # split -> [record], sorted by (class, raw_file)
+    classes: list                               # [{class, index, name[, left_out]}]
+    counts: dict                                # index -> {split: n}
+    left_out: list = field(default_factory=list)
+    rescued: list = field(default_factory=list)  # [{index, raw_file, from, to}]
+    fingerprint: str = ""
+    up_to_date: bool = False
+    negatives: dict = field(default_factory=dict)  # split -> [(relative name, path)]: "none of our places"
+
+
+def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None, negatives=None) -> Plan:
+    """Decide every row (which photo, which split) from data/processed/manifest.jsonl; nothing is written.
+
+    `negatives`: a folder of everyday photos that show none of the places (any depth); they are packed as
+    xneg_*.npy for the model's background class, split by a hash of their path like the places' photos."""
+    manifest = config.processed_manifest(data)
+    records = read_manifest(data).values()
+    if any(r["status"] == PENDING for r in records):
+        raise UserError(f"{manifest} is from an interrupted preprocess.py: run it again to finish")
+    kept = [r for r in records if r["status"] == "kept"]
+    if not kept:
+        raise UserError(f"no processed photos in {manifest}: run preprocess.py first")
+    shapes = {(r["size"], r["resize_mode"]) for r in kept}
+    if len(shapes) > 1:
+        raise UserError(f"{manifest} mixes sizes/modes {sorted(shapes)}: run preprocess.py again")
+    (size, mode), = shapes
+    known = {p.index for p in table}
+    stray = sorted({r["index"] for r in kept} - known)
+    if stray:
+        raise UserError(f"{manifest} has photos of place(s) {', '.join(stray)}, which {table.path} lacks: "
+                        "run preprocess.py with this table")
+
+    by_place = defaultdict(list)
+    for r in kept:
+        by_place[r["index"]].append(r)
+    rows, counts, rescued, short = {s: [] for s in SPLITS}, {}, [], []
+    for p in table:
+        photos = by_place.get(p.index, [])
+        where, moved = assign([r["group"] for r in photos], split, seed)
+        n = {s: sum(1 for r in photos if where[r["group"]] == s) for s in SPLITS}
+        if min(n.values()) == 0 or (min_per_class and len(photos) < min_per_class):
+            short.append((p, len(photos), n))
+            continue
+        counts[p.index] = n
+        for r in photos:
+            rows[where[r["group"]]].append(r)
+        by_group = {r["group"]: r["raw_file"] for r in photos}
+        rescued += [{"index": p.index, "raw_file": by_group[k], "from": a, "to": b} for k, a, b in moved]
+    if short:
+        what = "; ".join(f"{p.index} '{p.name}' ({k} photo(s) after deduplication: "
+                         f"{'/'.join(str(n[s]) for s in SPLITS)} train/val/test)" for p, k, n in short)
+        if not min_per_class:
+            raise UserError(f"too few photos to put in every split: {what}. Collect more, or pass "
+                            "--min-per-class N to leave out places with fewer than N photos (with a warning)")
+        for p, k, n in short:
+            log.warning("place %s '%s' left out: %d photo(s), %s train/val/test (its class number stays unused)",
+                        p.index, p.name, k, "/".join(str(n[s]) for s in SPLITS))
+    if not counts:
+        raise UserError("every place was left out: nothing to build")
+    for s in SPLITS:
+        rows[s].sort(key=lambda r: (int(r["index"], 16), r["raw_file"]))
+    left = {p.index for p, _, _ in short}
+    classes = [{**c, "left_out": True} if c["index"] in left else c for c in table.classes()]
+    neg = plan_negatives(negatives, split, seed)
+    fp = fingerprint([(s, r["raw_file"], r["raw_sha256"], int(r["index"], 16)) for s in SPLITS for r in rows[s]]
+                     + [(s, "negatives/" + name, p.stat().st_size, -1) for s in SPLITS for name, p in neg[s]],
+                     size, mode)
+    for r in rescued:
+        log.info("place %s: %s moved %s -> %s so that %s is not empty (see summary.json)",
+                 r["index"], r["raw_file"], r["from"], r["to"], r["to"])
+    return Plan(size, mode, rows, classes, counts, sorted(left), rescued, fp, negatives=neg)
+
+
+NEGATIVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def plan_negatives(folder, split=config.SPLIT, seed=config.SPLIT_SEED) -> dict:
+    """split -> [(path relative to folder, path)] of the everyday photos under `folder` (empty without one)."""
+    out = {s: [] for s in SPLITS}
+    if not folder:
+        return out
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--negatives {folder}: not a folder")
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() in NEGATIVE_SUFFIXES and p.is_file():
+            name = p.relative_to(folder).as_posix()
+            out[split_of("negative:" + name, split, seed)].append((name, p))
+    return out
+
+
+def build(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None, progress=True,
+          negatives=None) -> Plan:
+    """Write data/dataset/ whole: into a temporary folder beside it, then swapped in by two renames."""
+    data = Path(data)
+    pl = plan(data, table, split, seed, min_per_class, negatives)
+    dest = config.dataset_dir(data)
+    with exclusive(dest, f"another dataset.py is writing {dest}"):
+        _recover(dest)
+        if _is_current(dest, pl):
+            pl.up_to_date = True
+            return pl
+        tmp = dest.with_name(f"{_TMP}{os.getpid()}")
+        _write(data, tmp, pl, split, seed, progress)
+        _swap(tmp, dest)
+    return pl
+
+
+def _is_current(dest, pl) -> bool:
+    try:
+        summary = json.loads((dest / SUMMARY).read_text(encoding="utf-8"))
+        classes = json.loads((dest / CLASSES).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    files = [f"{k}_{s}.{e}" for s in SPLITS for k, e in (("x", "npy"), ("y", "npy"), ("files", "txt"))]
+    return summary.get("fingerprint") == pl.fingerprint and classes == pl.classes \
+        and all((dest / f).is_file() for f in files)
+
+
+def _write(data, tmp, pl, split, seed, progress):
+    from tqdm import tqdm
+
+    tmp.mkdir(parents=True)
+    with tqdm(total=sum(len(v) for v in pl.rows.values()), unit="photo", desc="dataset",
+              disable=None if progress else True) as bar:
+        for s in SPLITS:
+            rows = pl.rows[s]
+            shape = (len(rows), pl.size, pl.size, 3)
+            # open_memmap: rows go straight to the file, so memory stays at one image however big the set is.
+            x = np.lib.format.open_memmap(tmp / f"x_{s}.npy", mode="w+", dtype=np.uint8, shape=shape)
+            for i, r in enumerate(rows):
+                x[i] = _load_png(data, r, pl.size)
+                bar.update()
+            x.flush()
+            del x
+            np.save(tmp / f"y_{s}.npy", np.array([int(r["index"], 16) for r in rows], dtype=np.int64))
+            (tmp / f"files_{s}.txt").write_text("".join(r["raw_file"] + "\n" for r in rows), encoding="utf-8")
+            if pl.negatives[s]:
+                _write_negatives(tmp, s, pl)
+    atomic_write_json(tmp / CLASSES, pl.classes)
+    atomic_write_json(tmp / SUMMARY, {
+        "fingerprint": pl.fingerprint,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "size": pl.size, "resize_mode": pl.mode,
+        "split": dict(zip(SPLITS, split)), "seed": seed,
+        "totals": {s: len(pl.rows[s]) for s in SPLITS},
+        "counts": pl.counts, "left_out": pl.left_out, "rescued": pl.rescued,
+        "negatives": {s: len(pl.negatives[s]) for s in SPLITS},
+    })
+    for p in tmp.iterdir():  # durable before the swap makes them the dataset
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _write_negatives(tmp, s, pl) -> None:
+    """xneg_<split>.npy + files_neg_<split>.txt: everyday photos through THE normalisation function."""
+    from locator.core.images import ImageRejected, normalise
+
+    arrays, names = [], []
+    for name, path in pl.negatives[s]:
+        try:
+            arrays.append(normalise(path, pl.size, pl.mode))
+            names.append(name)
+        except ImageRejected as e:
+            log.warning("negative photo %s skipped: %s", path, e)
+    x = np.stack(arrays) if arrays else np.zeros((0, pl.size, pl.size, 3), np.uint8)
+    np.save(tmp / f"xneg_{s}.npy", x)
+    (tmp / f"files_neg_{s}.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+
+
+def load_negatives(dataset_dir, split: str):
+    """Everyday photos of one split (uint8 N x H x W x 3), or None when the dataset was built without them."""
+    path = Path(dataset_dir) / f"xneg_{split}.npy"
+    return _read(path, np.load) if path.exists() else None
+
+
+def _load_png(data, r, size) -> np.ndarray:
+    path = Path(data) / r["file"]
+    try:
+        with Image.open(path) as im:
+            a = np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable ({type(e).__name__}); run preprocess.py again")
+    if a.shape != (size, size, 3):
+        raise UserError(f"{path} is {a.shape[1]}x{a.shape[0]}, not {size}x{size}: run preprocess.py again")
+    return a
+
+
+def _swap(tmp: Path, dest: Path) -> None:
+    """Old dataset aside, new one in place, old one removed. Killed between the two renames, there is no
+    data/dataset for a moment, never half of one; the next run's _recover() puts the old one back."""
+    old = dest.with_name(f"{_OLD}{os.getpid()}")
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(dest: Path) -> None:
+    """Undo what a killed run left: restore the previous dataset if the swap stopped half-way; drop temp folders."""
+    olds = sorted(dest.parent.glob(f"{_OLD}*"), key=lambda p: p.stat().st_mtime)
+    if not dest.exists() and olds:
+        log.warning("restoring %s from %s (an earlier run was killed while swapping)", dest, olds[-1])
+        os.rename(olds.pop(), dest)
+    for p in olds + list(dest.parent.glob(f"{_TMP}*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def count_rows(pl: Plan, table):
+    """(headers, rows, footer) of the per-place table: photos per split."""
+    headers = ["index", "place"] + list(SPLITS) + ["total"]
+    rows = []
+    for p in table:
+        n = pl.counts.get(p.index)
+        if n is None:
+            rows.append([p.index, p.name + " (left out)", 0, 0, 0, 0])
+        else:
+            rows.append([p.index, p.name] + [n[s] for s in SPLITS] + [sum(n.values())])
+    footer = ["", "total"] + [sum(r[k] for r in rows) for k in range(2, len(headers))]
+    return headers, rows, footer

@@ -1,0 +1,202 @@
+"""The versions serve.py serves: the newest exported version, hot-reloaded when a newer one appears.
+
+A new version folder is loaded (and warmed up with one prediction) in a background thread while the old one
+keeps answering, then swapped in under a lock. A request holds the version it started on until it has its
+answer, so requests in flight finish on the old version, which is released when its last request is done. A
+version that fails to load is logged, reported by the status API, and skipped; the next newer one is tried.
+"""
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from locator.core import config
+from locator.core.errors import UserError
+from locator.predict.predictor import Predictor
+from locator.runs import export, runs
+from locator.serve.batching import Batcher
+
+log = logging.getLogger("serve")
+
+
+class VersionNotFound(Exception):
+    """The version asked for is not the one loaded (TF Serving: 404 "Servable not found")."""
+
+
+
+def load_version(version_dir, table):
+    """A predictor.Predictor on an exported version: same normalisation, unknown rule and place answer as
+    predict.py's, with the SavedModel in place of the .h5. UserError/ValueError/OSError if it cannot be used."""
+    version_dir = Path(version_dir)
+    meta = export.read_metadata(version_dir)
+    runs.check_classes(meta, table)
+    sig = export.Signature(version_dir)
+    if list(sig.input_shape[1:3]) != list(meta["input_size"]):
+        raise UserError(f"{version_dir}: the signature takes {sig.input_shape[1:3]} images, metadata.json says "
+                        f"{meta['input_size']}")
+    return Predictor(sig, meta, table, version_dir)
+
+
+@dataclass
+class Loaded:
+    version: int
+    path: Path
+    predictor: object            # predictor.Predictor on the SavedModel
+    batcher: Batcher
+    signature_defs: dict
+    users: int = 0
+    retired: bool = False
+
+    def release(self) -> None:
+        self.batcher.close()
+
+
+@dataclass
+class BatchOptions:
+    max_batch: int = config.SERVE_BATCH_MAX
+    window: float = config.SERVE_BATCH_WINDOW
+    queue_max: int = config.SERVE_QUEUE_MAX
+    batching: bool = True
+
+
+@dataclass
+class ModelStore:
+    base: Path                   # models/serving/<name>/
+    table: object                # places.PlaceTable
+    options: BatchOptions = field(default_factory=BatchOptions)
+    poll: float = config.RELOAD_POLL
+
+    def __post_init__(self):
+        self.base = Path(self.base)
+        self.name = self.base.name
+        self._lock = threading.Lock()
+        self._current = None
+        self._states = {}        # version -> (state, error message): the status API's view
+        self._stop = threading.Event()
+        self._thread = None
+        self.clients = lambda: 0   # the server sets it: its open connections (batches wait for that many)
+
+    def _clients(self) -> int:
+        return self.clients()
+
+    # --- life cycle ---
+    def start(self) -> "ModelStore":
+        """Load the newest loadable version now (UserError if there is none), then watch for newer ones."""
+        self.refresh()
+        if self._current is None:
+            failed = {v: e for v, (s, e) in self._states.items() if e}
+            why = "; ".join(f"version {v}: {e}" for v, e in sorted(failed.items())) or "no exported version"
+            raise UserError(f"nothing to serve in {self.base}: {why}")
+        if self.poll > 0:
+            self._thread = threading.Thread(target=self._watch, daemon=True, name="reload")
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        with self._lock:
+            if self._current:
+                b = self._current.batcher
+                if b.calls:
+                    log.info("version %d of %s: %d photos in %d model calls (%.1f a call)", self._current.version,
+                             self.name, b.rows, b.calls, b.rows / b.calls)
+                self._current.release()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll):
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any surprise; serving goes on
+                log.exception("looking for new versions in %s failed", self.base)
+
+    def refresh(self) -> bool:
+        """Load and swap in the newest version newer than the one served, if any loads. True if swapped."""
+        served = self._current.version if self._current else 0
+        for v in reversed(export.versions(self.base)):
+            if v <= served:
+                break
+            if self._states.get(v, ("", ""))[1]:
+                continue  # failed before: skipped until a restart (a version folder never changes)
+            self._states[v] = ("LOADING", "")
+            try:
+                loaded = self._load(v)
+            except Exception as e:  # noqa: BLE001 - any broken folder: logged, reported, skipped
+                msg = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
+                log.error("version %d of %s cannot be served, skipped: %s", v, self.name, msg)
+                self._states[v] = ("END", msg[:500])
+                continue
+            self._swap(loaded)
+            return True
+        return False
+
+    def _load(self, version: int) -> Loaded:
+        path = self.base / str(version)
+        predictor = load_version(path, self.table)
+        predictor.probabilities(np.zeros((1, predictor.size, predictor.size, 3), np.uint8))  # warm up: trace now
+        o = self.options
+
+        def run(x):
+            return predictor.probabilities(x, batch=o.max_batch)
+
+        return Loaded(version, path, predictor, Batcher(run, o.max_batch, o.window, o.queue_max, o.batching,
+                                                        name=f"{self.name}-{version}", clients=self._clients),
+                      export.signature_defs(path))
+
+    def _swap(self, new: Loaded) -> None:
+        with self._lock:
+            old, self._current = self._current, new
+            self._states[new.version] = ("AVAILABLE", "")
+            if old is not None:
+                old.retired = True
+                self._states[old.version] = ("END", "")
+                if old.users == 0:
+                    old.release()
+        log.info("serving version %d of %s%s", new.version, self.name,
+                 f" (was {old.version}; requests in flight finish on it)" if old else "")
+
+    # --- requests ---
+    def acquire(self, version: int | None = None) -> "_Use":
+        """The served version, held (not released while in use) until the `with` block ends. VersionNotFound
+        at once if `version` is not the one served."""
+        with self._lock:
+            loaded = self._current
+            if version is not None and version != loaded.version:
+                raise VersionNotFound(f"Servable not found for request: Specific({self.name}, {version})")
+            loaded.users += 1
+        return _Use(self, loaded)
+
+    def _unuse(self, loaded: Loaded) -> None:
+        with self._lock:
+            loaded.users -= 1
+            if loaded.retired and loaded.users == 0:
+                loaded.release()
+
+    @property
+    def version(self) -> int:
+        return self._current.version
+
+    def status(self, version: int | None = None) -> list:
+        """TF Serving's model_version_status list (GetModelStatusResponse in its JSON mapping)."""
+        states = dict(self._states)
+        if version is not None:
+            if version not in states:
+                raise VersionNotFound(f"Could not find version {version} of model {self.name}")
+            states = {version: states[version]}
+        return [{"version": str(v), "state": s,
+                 "status": {"error_code": "UNKNOWN" if e else "OK", "error_message": e}}
+                for v, (s, e) in sorted(states.items(), reverse=True)]
+
+
+class _Use:
+    def __init__(self, store: ModelStore, loaded: Loaded):
+        self._store, self.loaded = store, loaded
+
+    def __enter__(self) -> Loaded:
+        return self.loaded
+
+    def __exit__(self, *exc) -> None:
+        self._store._unuse(self.loaded)

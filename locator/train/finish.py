@@ -1,0 +1,103 @@
+"""After fit: the finished model is saved (model.h5), tested (metrics.json, plots), given its unknown threshold
+(calibrated on validation) and described (metadata.json, written last: a run without it is unfinished)."""
+from pathlib import Path
+
+import numpy as np
+
+from locator.core import config
+from locator.core.fsio import atomic_path, atomic_write_json
+from locator.core.metrics import classification_metrics
+from locator.runs import runs
+from locator.train import evaluate
+from locator.train.fit import Data, Settings, uses_background
+
+
+def predict(net, x, batch: int = 256, tta: bool = False) -> np.ndarray:
+    """Class probabilities; with tta the average over the photo and its mirror image."""
+    p = net.predict(x, batch_size=batch, verbose=0)
+    if tta:
+        p = (p + net.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch, verbose=0)) / 2
+    return p
+
+
+def save_model(net, run: Path) -> Path:
+    """model.h5 without optimizer state, written under a temporary .h5 name and renamed."""
+    path = run / "model.h5"
+    with atomic_path(path, suffix=".h5") as tmp:
+        tmp.unlink()  # h5py refuses to open the empty temp file as an HDF5 file
+        net.save(str(tmp), include_optimizer=False)
+    return path
+
+
+def test_metrics(net, data: Data, run: Path, plots: bool = True) -> dict:
+    """Test-split metrics (metrics.json) and, unless plots=False, the plots (nothing is chosen on the test split)."""
+    probs = predict(net, data.x["test"])[:, :len(data.classes)]  # closed set: the best of our places
+    metrics = classification_metrics(data.y["test"], probs.argmax(1), data.classes)
+    if plots:
+        folder = run / "plots"
+        names = [c["name"] for c in data.classes]
+        hist = run / "logs" / "history.csv"
+        if hist.exists():
+            evaluate.plot_history(evaluate.read_history(hist), folder / "history.png")
+        evaluate.plot_confusion(metrics["confusion"]["matrix"], names, folder / "confusion.png")
+        evaluate.plot_mistakes(np.asarray(data.x["test"]), data.y["test"], probs, names, folder / "mistakes.png")
+    atomic_write_json(run / "metrics.json", metrics)
+    return metrics
+
+
+def write_run(net, data: Data, run: Path, s: Settings, seconds: float, plots: bool = True):
+    """Everything after fit, in the order that keeps a run consistent: model.h5, test metrics, the unknown
+    threshold, then metadata.json last (a run without it is unfinished). Returns (test metrics, metadata)."""
+    model_path = save_model(net, run)
+    metrics = test_metrics(net, data, run, plots)
+    meta = metadata(data, s, metrics, seconds, calibrate_unknown(net, data, s))
+    meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
+    atomic_write_json(run / "metadata.json", meta)
+    return metrics, meta
+
+
+def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: dict) -> dict:
+    """metadata.json as CONVENTIONS.md defines it: everything a consumer (predict, serve, pipeline) reads."""
+    return {
+        "name": s.name,
+        "created": runs.now_iso(),
+        "arch": s.arch,
+        "precision": s.precision,
+        "epochs": s.epochs,
+        "input_size": data.input_size,
+        "resize_mode": data.resize_mode,
+        "classes": data.classes,
+        "background": uses_background(data, s),
+        "dataset_fingerprint": data.fingerprint,
+        "unknown": unknown,
+        "metrics": {k: metrics[k] for k in ("test_accuracy", "macro_f1", "macro_precision", "macro_recall",
+                                            "test_photos")} | {"train_seconds": round(seconds, 1)},
+        "training": {"batch": s.batch, "lr": s.lr, "weight_decay": s.weight_decay,
+                     "label_smoothing": s.label_smoothing, "augment": s.augment, "cutmix": s.cutmix, "seed": s.seed,
+                     **s.extra},
+        "software": runs.software(),
+    }
+
+
+def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:
+    """The "not one of our places" threshold, set on the validation split so that `true_accept` of its photos
+    are still accepted (predictor.acceptance is the rule). The false-accept rate is measured on the validation
+    negatives, and on the test split's places and negatives for the record. predict.py and serve.py read it
+    from metadata.json."""
+    from locator.predict.predictor import acceptance, accepted
+
+    bg, n = uses_background(data, s), len(data.classes)
+    _, score = acceptance(predict(net, data.x["val"]), n, bg)
+    threshold = float(np.quantile(score, 1 - true_accept))
+    threshold = round(threshold, 6)
+    out = {"score": "max_softmax" + ("+background" if bg else ""), "threshold": threshold,
+           "true_accept": round(float(accepted(score, threshold).mean()), 4), "false_accept": None,
+           "calibrated_on": "val"}
+    _, test_score = acceptance(predict(net, data.x["test"]), n, bg)
+    out["test_true_accept"] = round(float(accepted(test_score, threshold).mean()), 4)
+    for split in ("val", "test"):
+        if len(data.neg.get(split, ())):
+            _, neg_score = acceptance(predict(net, data.neg[split]), n, bg)
+            out[f"{split}_negatives_false_accept"] = round(float(accepted(neg_score, threshold).mean()), 4)
+    out["false_accept"] = out.get("val_negatives_false_accept")
+    return out
