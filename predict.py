@@ -14,6 +14,7 @@ from pathlib import Path
 from locator.core import config, places
 from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
 from locator.core.errors import UserError
+from locator.core.fsio import now_iso
 from locator.predict import learn, outputs, scan
 from locator.runs import runs
 
@@ -126,7 +127,7 @@ def main(argv=None):
     if metrics:
         report_evaluation(metrics, res, predictor, Path(str(output_base(a)) + "_confusion.png"), out)
     header = {"folder": str(a.folder), "model": run_dir.name, "threshold": predictor.threshold,
-              "background": bool(predictor.meta.get("background")), "created": runs.now_iso()}
+              "background": bool(predictor.meta.get("background")), "created": now_iso()}
     if a.json:
         outputs.write_json(a.json, res, header, metrics)
     if a.csv:

@@ -1,5 +1,6 @@
 """Files that survive kill -9: atomic writes (temp file + rename) and JSON-lines manifests appended under a lock."""
 import contextlib
+import datetime as dt
 import json
 import os
 import tempfile
@@ -8,6 +9,12 @@ from pathlib import Path
 from filelock import FileLock
 
 TMP_PREFIX = ".tmp-"
+
+
+def now_iso() -> str:
+    """The time stamp of every record we write (manifests, metadata.json, reports, history): UTC, ISO 8601 to the
+    second, so that stamps from any machine or time zone sort and compare as text."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @contextlib.contextmanager

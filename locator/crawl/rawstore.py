@@ -8,7 +8,6 @@ Rejected files are never deleted: `quarantine()` moves them to data/rejected/<re
 data/rejected.csv.
 """
 import csv
-import datetime as dt
 import hashlib
 import io
 import os
@@ -19,7 +18,7 @@ import threading
 from pathlib import Path
 
 from locator.core import config
-from locator.core.fsio import TMP_PREFIX, append_jsonl, fsync_file, lock_for, read_jsonl_from
+from locator.core.fsio import TMP_PREFIX, append_jsonl, fsync_file, lock_for, now_iso, read_jsonl_from
 
 MANIFEST = "manifest.jsonl"
 SOURCES = ("commons", "bing", "folder", "user")
@@ -36,10 +35,6 @@ os.register_at_fork(after_in_child=_THREAD_LOCKS.clear)  # a child must not inhe
 def _thread_lock(path) -> threading.Lock:
     with _THREAD_LOCKS_GUARD:
         return _THREAD_LOCKS.setdefault(os.path.abspath(path), threading.Lock())
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def sha256(data: bytes) -> str:

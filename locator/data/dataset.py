@@ -14,7 +14,6 @@ grows, and only while its place is that small; summary.json lists it. A place wi
 out keeps its class number and its entry in classes.json (marked "left_out": true), so that class numbers stay
 int(index, 16) everywhere: the model gets an output no photo trains, which it learns never to predict.
 """
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ from PIL import Image
 
 from locator.core import config
 from locator.core.errors import UserError
-from locator.core.fsio import atomic_write_json, exclusive
+from locator.core.fsio import atomic_write_json, exclusive, now_iso
 from locator.data.preprocess import PENDING, read_manifest
 
 log = logging.getLogger(__name__)
@@ -295,7 +294,7 @@ def _write(data, tmp, pl, split, seed, progress):
     atomic_write_json(tmp / CLASSES, pl.classes)
     atomic_write_json(tmp / SUMMARY, {
         "fingerprint": pl.fingerprint,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": now_iso(),
         "size": pl.size, "resize_mode": pl.mode,
         "split": dict(zip(SPLITS, split)), "seed": seed,
         "totals": {s: len(pl.rows[s]) for s in SPLITS},

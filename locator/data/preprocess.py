@@ -22,7 +22,6 @@ depend on the order photos arrive in. The price: a new photo close to two groups
 the smaller of the two, so the photos of the other group may change split. We accept that -- leak-free beats
 stable -- and it needs a photo within a few bits of both groups.
 """
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -36,7 +35,8 @@ import numpy as np
 
 from locator.core import config, images
 from locator.core.errors import UserError
-from locator.core.fsio import TMP_PREFIX, append_jsonl, atomic_path, exclusive, read_jsonl, rewrite_jsonl
+from locator.core.fsio import (TMP_PREFIX, append_jsonl, atomic_path, exclusive, now_iso, read_jsonl,
+                                rewrite_jsonl)
 from locator.crawl.rawstore import RawFolder, quarantine
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def process_one(job) -> dict:
     """Decode, hash and normalise one raw photo; write its PNG. A tuple in, a manifest record out (no group yet)."""
     data_root, raw_file, index, size, mode, min_side, max_pixels = job
     path = Path(data_root) / raw_file
-    rec = {"raw_file": raw_file, "index": index, "size": size, "resize_mode": mode, "processed": _now()}
+    rec = {"raw_file": raw_file, "index": index, "size": size, "resize_mode": mode, "processed": now_iso()}
     try:
         st = path.stat()  # before reading: a file rewritten meanwhile gets a new mtime and is redone next run
         data = path.read_bytes()
@@ -110,10 +110,6 @@ def processed_path(raw_file: str) -> str:
     """raw/0a/000001.jpg -> processed/0a/000001.png (both relative to the data root)."""
     p = Path(raw_file)
     return f"{config.processed_dir(Path()).as_posix()}/{p.parent.name}/{p.stem}.png"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- duplicates

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from locator.core import config, places
 from locator.core.errors import Busy, UserError
-from locator.core.fsio import atomic_write_json, exclusive
+from locator.core.fsio import atomic_write_json, exclusive, now_iso
 from locator.core.tables import format_table
 from locator.crawl.rawstore import RawFolder
 from locator.data import dataset
@@ -96,7 +96,7 @@ class Job:
     def __init__(self, cfg, table, folder: Path):
         self.cfg, self.table, self.folder = cfg, table, folder
         self.cmd = steps.commands(cfg)
-        self.report = {"id": folder.name, "status": "running", "step": None, "started": runs.now_iso(),
+        self.report = {"id": folder.name, "status": "running", "step": None, "started": now_iso(),
                        "pid": os.getpid(), "config": _plain(vars(cfg)), "commands": self.cmd,
                        "steps": {}, "photos": {}}
         self.save()
@@ -185,7 +185,7 @@ class Job:
             promote.record(cfg.models, {"action": "rejected", **entry})
             return self.finish("rejected", why)
         except (steps.StepFailed, UserError) as e:
-            rep.update(status="failed", error=str(e), finished=runs.now_iso())
+            rep.update(status="failed", error=str(e), finished=now_iso())
             self.save()
             log.error("run failed: %s; models/current is unchanged", e)
             self.bar.close()
@@ -193,7 +193,7 @@ class Job:
             return 1
         except BaseException as e:  # a bug or Ctrl-C: say so in the report, keep the traceback
             rep.update(status="failed" if isinstance(e, Exception) else "interrupted", error=repr(e),
-                       finished=runs.now_iso())
+                       finished=now_iso())
             self.save()
             raise
 
@@ -308,7 +308,7 @@ class Job:
 
     def finish(self, action: str, reason: str) -> int:
         rep = self.report
-        rep.update(status="done", step=None, decision={"action": action, "reason": reason}, finished=runs.now_iso())
+        rep.update(status="done", step=None, decision={"action": action, "reason": reason}, finished=now_iso())
         rep["current_after"] = getattr(runs.current(self.cfg.models), "name", None)
         self.save()
         log.info("decision: %s: %s", action, reason)
@@ -377,7 +377,7 @@ def rollback(cfg) -> int:
                             + (f" (current: {cur.name})" if cur else " (and no current model)"))
         runs.check_classes(runs.read_metadata(target), table)
         with run_folder(cfg) as folder:
-            rep = {"id": folder.name, "status": "running", "started": runs.now_iso(), "config": _plain(vars(cfg))}
+            rep = {"id": folder.name, "status": "running", "started": now_iso(), "config": _plain(vars(cfg))}
             atomic_write_json(folder / REPORT, rep)
             version = promote.promote(cfg.models, target)
             reason = f"--rollback from {cur.name if cur else 'none'}"
@@ -388,7 +388,7 @@ def rollback(cfg) -> int:
                 "report": str(folder / REPORT)})
             rep.update(status="done", decision={"action": "rollback", "reason": reason}, current_after=target.name,
                        previous=cur.name if cur else None, serving_version=str(version) if version else None,
-                       finished=runs.now_iso())
+                       finished=now_iso())
             atomic_write_json(folder / REPORT, rep)
             log.info("rolled back: %s is current again (was %s)", target.name, cur.name if cur else "none")
             print(f"decision: rollback: {target.name} is current again (was {cur.name if cur else 'none'})"

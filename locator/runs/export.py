@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from locator.core import config
-from locator.core.fsio import TMP_PREFIX, atomic_write_json, lock_for
+from locator.core.fsio import TMP_PREFIX, atomic_write_json, lock_for, now_iso
 from locator.runs import runs
 
 log = logging.getLogger("serving")
@@ -78,7 +78,7 @@ def write_version(models, run, keep: int = config.SERVING_KEEP) -> Path:
             _write_saved_model(run, meta, tmp)
             atomic_write_json(tmp / EXTRA / "metadata.json", meta)
             atomic_write_json(tmp / EXTRA / EXPORT_INFO, {"run": run.name, "model_sha256": digest,
-                                                          "version": version, "exported": runs.now_iso()})
+                                                          "version": version, "exported": now_iso()})
             _fsync_tree(tmp)
             os.rename(tmp, base / str(version))  # atomic: the version appears whole or not at all
         finally:

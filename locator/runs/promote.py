@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from locator.core.errors import UserError
-from locator.core.fsio import append_jsonl, atomic_write_text, read_jsonl
+from locator.core.fsio import append_jsonl, atomic_write_text, now_iso, read_jsonl
 from locator.runs import export, runs
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def read_history(models) -> list:
 
 def record(models, entry: dict) -> None:
     """Append one decision to models/history.jsonl (one fsynced write under the file's lock)."""
-    append_jsonl(history_path(models), [{"time": runs.now_iso(), **entry}])
+    append_jsonl(history_path(models), [{"time": now_iso(), **entry}])
 
 
 def finished(run) -> bool:

@@ -111,10 +111,6 @@ def check_classes(meta: dict, table) -> None:
                         "use the table the model was trained with, or retrain")
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def env_threads() -> None:
     """Quiet TensorFlow's start-up chatter (set before importing it)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

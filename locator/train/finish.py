@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from locator.core import config
-from locator.core.fsio import atomic_path, atomic_write_json
+from locator.core.fsio import atomic_path, atomic_write_json, now_iso
 from locator.core.metrics import classification_metrics
 from locator.runs import runs
 from locator.train import evaluate
@@ -60,7 +60,7 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
     """metadata.json as CONVENTIONS.md defines it: everything a consumer (predict, serve, pipeline) reads."""
     return {
         "name": s.name,
-        "created": runs.now_iso(),
+        "created": now_iso(),
         "arch": s.arch,
         "precision": s.precision,
         "epochs": s.epochs,
