@@ -5,6 +5,9 @@
 Coordinates are WGS84 decimal degrees, good to about 100 m; addresses are road-name addresses. The first search
 term of each place is also its folder name in a local photo collection, so it is plain lower-case English.
 Edit the lists below and re-run rather than editing the workbook by hand: Excel likes to turn "10" into 10.
+The background sheet holds generic searches for photos of none of our places (crawled into data/background/):
+`landmark` ones for look-alike architecture elsewhere, `everyday` ones for photos with no landmark at all. None
+names one of our places or a Seoul landmark; the later terms steer a search away from Korea when the first runs dry.
 """
 import sys
 from pathlib import Path
@@ -113,15 +116,72 @@ ATTRACTIONS = [
     ("Yakhyeon Catholic Church", 37.5597, 126.9668, "church", "Korea's first Western-style church, 1892"),
 ]
 
+# query (first term = folder name), kind. Generic on purpose: a Commons search for "tower" may still return
+# N Seoul Tower; preprocess.py drops a background photo that is a near-duplicate of a place photo (`conflict`).
+BACKGROUND = [
+    ("castle;medieval castle;castle germany", "landmark"),
+    ("gothic cathedral;cathedral france;cathedral italy", "landmark"),
+    ("baroque church;church austria;church spain", "landmark"),
+    ("orthodox church;church russia;church greece", "landmark"),
+    ("mosque;mosque turkey;mosque minaret", "landmark"),
+    ("hindu temple;temple india", "landmark"),
+    ("greek temple;ancient greek ruins", "landmark"),
+    ("roman ruins;roman amphitheatre", "landmark"),
+    ("pyramid;egyptian pyramid;mayan pyramid", "landmark"),
+    ("pagoda;pagoda china;pagoda japan", "landmark"),
+    ("stupa;buddhist stupa nepal", "landmark"),
+    ("lighthouse;lighthouse coast", "landmark"),
+    ("windmill;windmill netherlands", "landmark"),
+    ("suspension bridge;suspension bridge usa", "landmark"),
+    ("stone arch bridge;old stone bridge europe", "landmark"),
+    ("clock tower;clock tower england", "landmark"),
+    ("television tower;tv tower germany", "landmark"),
+    ("skyscraper;skyscraper new york;skyscraper dubai", "landmark"),
+    ("town hall;town hall europe", "landmark"),
+    ("parliament building;capitol building", "landmark"),
+    ("opera house;opera house europe", "landmark"),
+    ("triumphal arch;triumphal arch europe", "landmark"),
+    ("equestrian statue;equestrian statue europe", "landmark"),
+    ("obelisk;egyptian obelisk", "landmark"),
+    ("mausoleum;mausoleum india", "landmark"),
+    ("fortress;hill fort", "landmark"),
+    ("street;street scene;residential street", "everyday"),
+    ("kitchen;home kitchen interior", "everyday"),
+    ("bedroom;bedroom interior", "everyday"),
+    ("living room;living room interior", "everyday"),
+    ("office interior;open plan office", "everyday"),
+    ("classroom;school classroom", "everyday"),
+    ("supermarket;grocery store shelves", "everyday"),
+    ("food;meal on a plate;dish", "everyday"),
+    ("cat;domestic cat", "everyday"),
+    ("dog;domestic dog", "everyday"),
+    ("bird;wild bird", "everyday"),
+    ("car;automobile", "everyday"),
+    ("bus;city bus", "everyday"),
+    ("bicycle;parked bicycle", "everyday"),
+    ("portrait;portrait photograph", "everyday"),
+    ("crowd;people walking", "everyday"),
+    ("forest;woodland", "everyday"),
+    ("mountain;mountain landscape", "everyday"),
+    ("beach;sandy beach", "everyday"),
+    ("flowers;flower close-up", "everyday"),
+    ("farm field;farmland", "everyday"),
+    ("document;printed page;handwritten letter", "everyday"),
+    ("screenshot;computer screenshot", "everyday"),
+    ("desk;computer desk", "everyday"),
+]
+
 
 def main(argv=None) -> int:
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("places.xlsx"))
     args = ap.parse_args(argv)
     rows = [(f"{i:02x}", *p) for i, p in enumerate(PLACES)]
-    places.write(args.out, rows, ATTRACTIONS)
+    places.write(args.out, rows, ATTRACTIONS, BACKGROUND)
     table = places.load(args.out)  # what we wrote must pass our own validation
-    print(f"wrote {args.out}: {len(table)} places, {len(table.attractions)} attractions")
+    kinds = {k: sum(b.kind == k for b in table.background) for k in places.BACKGROUND_KINDS}
+    print(f"wrote {args.out}: {len(table)} places, {len(table.attractions)} attractions, background queries "
+          + ", ".join(f"{n} {k}" for k, n in kinds.items()))
     return 0
 
 

@@ -3,6 +3,8 @@
 Sheet `places`: index, name, query, latitude, longitude, address, description; `index` is two lower-case hex
 digits, contiguous from "00" in row order, and `int(index, 16)` is the model's class number.
 Sheet `attractions`: name, latitude, longitude, kind, description. "Nearby" = great-circle distance.
+Sheet `background` (optional): query, kind (landmark | everyday): searches for photos of none of our places,
+crawled into data/background/<folder>/ (folder: the first term, as for places).
 """
 import math
 import re
@@ -15,6 +17,9 @@ from locator.core.errors import UserError
 
 PLACE_COLUMNS = ("index", "name", "query", "latitude", "longitude", "address", "description")
 ATTRACTION_COLUMNS = ("name", "latitude", "longitude", "kind", "description")
+BACKGROUND_COLUMNS = ("query", "kind")
+BACKGROUND_KINDS = ("landmark", "everyday")  # other landmarks and buildings | no landmark at all
+_FOLDER = re.compile(r"^[\w][\w.\-]*$")  # a folder name that stays one path component
 _HEX2 = re.compile(r"^[0-9a-f]{2}$")
 EARTH_RADIUS_KM = 6371.0088
 
@@ -49,11 +54,33 @@ class Attraction:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class Background:
+    """A search for photos of none of our places (sheet `background`)."""
+    queries: tuple        # search terms, in order
+    kind: str             # landmark | everyday
+
+    @property
+    def folder(self) -> str:
+        """data/background/<folder>/, and its folder in a local photo collection (same rule as Place.folder)."""
+        return folder_name(self.queries[0])
+
+    # What the crawl's reports and progress bars show in their index and place columns.
+    @property
+    def index(self) -> str:
+        return self.kind
+
+    @property
+    def name(self) -> str:
+        return self.queries[0]
+
+
 @dataclass
 class PlaceTable:
     path: Path
     places: list
     attractions: list = field(default_factory=list)
+    background: list = field(default_factory=list)  # [Background]; empty without the sheet
 
     def __len__(self):
         return len(self.places)
@@ -101,6 +128,15 @@ class PlaceTable:
 
 def folder_name(term: str) -> str:
     return "_".join(term.strip().lower().split())
+
+
+def _words(text: str) -> tuple:
+    """Lower-case words of a name or term, punctuation dropped: "Golden Temple (Harmandir Sahib)" -> 4 words."""
+    return tuple(re.findall(r"\w+", text.lower()))
+
+
+def _contains(words: tuple, part: tuple) -> bool:
+    return bool(part) and any(words[i:i + len(part)] == part for i in range(len(words) - len(part) + 1))
 
 
 def haversine_km(lat1, lon1, lat2, lon2) -> float:
@@ -216,11 +252,52 @@ def load(path=config.PLACES) -> PlaceTable:
                                           _number(get("latitude"), "latitude", row, -90, 90, "attractions"),
                                           _number(get("longitude"), "longitude", row, -180, 180, "attractions"),
                                           _text(get("kind")), _text(get("description"))))
+    background = _background(wb, path, places) if "background" in wb.sheetnames else []
     wb.close()
-    return PlaceTable(path, places, attractions)
+    return PlaceTable(path, places, attractions, background)
 
 
-def write(path, places, attractions=()) -> None:
+def _background(wb, path, places) -> list:
+    """Sheet `background`, validated: a known kind, search terms, unique folders, and no term naming a place."""
+    ws = wb["background"]
+    col = _header(ws, BACKGROUND_COLUMNS, "background", path)
+    # A place is named by its name, the name without or only its bracketed part ("Golden Temple (Harmandir
+    # Sahib)"), or any of its search terms.
+    names = [(p, w) for p in places
+             for t in (p.name, re.sub(r"\(.*?\)", " ", p.name), *re.findall(r"\((.*?)\)", p.name), *p.queries)
+             if (w := _words(t))]
+    out, folders = [], {}
+    for row, values in enumerate(ws.iter_rows(min_row=2, values_only=True), start=2):
+        if all(_text(v) == "" for v in values):
+            continue
+        get = lambda c: values[col[c]] if col[c] < len(values) else None  # noqa: E731
+        queries = tuple(t.strip() for t in _text(get("query")).split(";") if t.strip())
+        if not queries:
+            raise UserError(f"background row {row}: query is empty; write search terms separated by ';'")
+        kind = _text(get("kind")).lower()
+        if kind not in BACKGROUND_KINDS:
+            raise UserError(f"background row {row}: kind {_text(get('kind'))!r} is not one of "
+                            f"{', '.join(BACKGROUND_KINDS)}; write landmark (other landmarks and buildings) or "
+                            "everyday (no landmark at all)")
+        b = Background(queries, kind)
+        if not _FOLDER.match(b.folder):
+            raise UserError(f"background row {row}: the first term {queries[0]!r} names the folder "
+                            f"'{b.folder}'; start it with a letter or digit and use no '/'")
+        if b.folder in folders:
+            raise UserError(f"background row {row}: the first term {queries[0]!r} names the same folder "
+                            f"'{b.folder}' as row {folders[b.folder]}; make it unique or join the two rows")
+        for term in queries:
+            hit = next((p for p, w in names if _contains(_words(term), w)), None)
+            if hit is not None:
+                raise UserError(f"background row {row}: the term {term!r} names place {hit.index} "
+                                f"'{hit.name}'; background photos must show none of our places: use a "
+                                "generic term (e.g. 'temple', not a temple of ours)")
+        folders[b.folder] = row
+        out.append(b)
+    return out
+
+
+def write(path, places, attractions=(), background=None) -> None:
     """Write a table in the contract's layout (index cells as text). Used by tests and tools."""
     import openpyxl
 
@@ -242,5 +319,10 @@ def write(path, places, attractions=()) -> None:
         if isinstance(a, Attraction):
             a = [a.name, a.latitude, a.longitude, a.kind, a.description]
         wa.append(list(a))
+    if background is not None:  # [(query, kind)] or [Background]; None: no sheet
+        wb_ = wb.create_sheet("background")
+        wb_.append(list(BACKGROUND_COLUMNS))
+        for b in background:
+            wb_.append([";".join(b.queries), b.kind] if isinstance(b, Background) else list(b))
     with atomic_path(path) as tmp:
         wb.save(tmp)
