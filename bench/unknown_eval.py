@@ -6,7 +6,7 @@ The kept-out places' photos (all splits) play "somewhere else"; the dataset's ne
 play everyday photos. For each variant (max softmax alone, and with a background class learnt from the training
 negatives) the threshold is calibrated on the validation split exactly as cnn.py does, then the table gives the
 true-accept rate on the known places' test photos and the false-accept rates on kept-out places and on the test
-negatives. Targets (CONVENTIONS.md): <= 10% of kept-out places and <= 5% of everyday photos at >= 90% true accept.
+negatives. Targets (docs/conventions.md): <= 10% of kept-out places and <= 5% of everyday photos at >= 90% true accept.
 """
 import argparse
 import os

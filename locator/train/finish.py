@@ -57,7 +57,7 @@ def write_run(net, data: Data, run: Path, s: Settings, seconds: float, plots: bo
 
 
 def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: dict) -> dict:
-    """metadata.json as CONVENTIONS.md defines it: everything a consumer (predict, serve, pipeline) reads."""
+    """metadata.json as docs/conventions.md defines it: everything a consumer (predict, serve, pipeline) reads."""
     return {
         "name": s.name,
         "created": now_iso(),

@@ -1,6 +1,6 @@
 """cnn.py as a user runs it, on a tiny generated dataset built by the real preprocess + dataset code: it trains
 well above chance, writes a complete run (model.h5 that a fresh process reloads with the same predictions,
-metadata.json per CONVENTIONS.md, metrics, plots, TensorBoard logs with the layer graph), promotes by default and
+metadata.json per docs/conventions.md, metrics, plots, TensorBoard logs with the layer graph), promotes by default and
 not with --no-promote, resumes a run killed with SIGKILL, and turns a bad dataset or flag into one line + exit 2.
 
 The trainings are shared session fixtures (two and a half tiny runs); everything else reads their run folders.
@@ -196,7 +196,7 @@ def test_model_h5_reloads_in_a_fresh_process_with_the_same_predictions(run_a, fr
 def test_metadata_follows_the_conventions(run_a, data_root):
     meta = json.loads((run_a.dir / "metadata.json").read_text())
     keys = ["name", "created", "arch", "precision", "epochs", "input_size", "resize_mode", "classes", "background",
-            "dataset_fingerprint", "unknown", "metrics", "software"]  # CONVENTIONS.md, "Models"
+            "dataset_fingerprint", "unknown", "metrics", "software"]  # docs/conventions.md, "Models"
     assert set(keys) <= set(meta)
     assert meta["name"] == "landmarks" and meta["arch"] == "compact" and meta["epochs"] == 2
     assert dt.datetime.fromisoformat(meta["created"]).tzinfo is not None
