@@ -3,7 +3,10 @@
     python crawl.py                                   # Wikimedia Commons, 300 photos a place
     python crawl.py --api-url http://127.0.0.1:8765/w/api.php --out /tmp/raw
     python crawl.py --engine folder --source ../shared/datasets/indian_monuments/photos
+    python crawl.py --no-background                   # places only
 
+After the places, the queries of the table's `background` sheet (photos of none of our places) fill
+data/background/<folder>/ (beside --out) up to --per-query each, with the same engine, checks and manifest.
 A re-run tops every folder up to --per-place and skips URLs and contents it already has; after kill -9 it first
 tidies what the killed run left. Exit 2 for bad input; 1 when nothing could be collected (no results, a failing
 search, or still no photo at all); 0 otherwise, also when the source only had photos we already have.
@@ -33,7 +36,11 @@ def parse_args(argv=None):
     ap.add_argument("--source", type=Path, help="--engine folder: a folder with one subfolder per place")
     ap.add_argument("--per-place", type=int, default=config.PER_PLACE,
                     help="photos each place's folder should hold (default %(default)s)")
-    ap.add_argument("--only", help="comma list of place indexes, e.g. 00,0a")
+    ap.add_argument("--per-query", type=int, default=config.PER_QUERY,
+                    help="photos each background query's folder should hold (default %(default)s)")
+    ap.add_argument("--no-background", action="store_true",
+                    help="skip the background sheet's queries (photos of none of our places)")
+    ap.add_argument("--only", help="comma list of place indexes, e.g. 00,0a (background queries are crawled too)")
     ap.add_argument("--workers", type=int, default=config.CRAWL_WORKERS,
                     help="parallel downloads (default %(default)s)")
     ap.add_argument("--per-host", type=int, default=config.CRAWL_PER_HOST,
@@ -67,13 +74,15 @@ def endpoint_for(engine, args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    for flag in ("per_place", "workers", "per_host"):
+    for flag in ("per_place", "per_query", "workers", "per_host"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.timeout <= 0:
         raise UserError("--timeout must be positive")
     table = places.load(args.places)
     chosen = table.select(args.only)
+    background = [] if args.no_background else table.background
+    bg_root = config.background_dir(args.out.parent)  # data/background beside data/raw
     engine = engines.load(args.engine)
     endpoint = endpoint_for(engine, args)
 
@@ -84,18 +93,38 @@ def main(argv=None) -> int:
         for place in chosen:
             for moved in RawFolder(args.out / place.index).reconcile(args.out.parent):
                 log.warning("%s: a file without a manifest line (interrupted run) moved to %s", place.index, moved)
+        for b in background:
+            for moved in RawFolder(bg_root / b.folder).reconcile(args.out.parent):
+                log.warning("background/%s: a file without a manifest line (interrupted run) moved to %s",
+                            b.folder, moved)
 
         todo = [p for p in chosen if RawFolder(args.out / p.index).count() < args.per_place]
-        if not todo:
-            log.info("all %d folders already hold %d photos; nothing to do", len(chosen), args.per_place)
+        bg_todo = [b for b in background if RawFolder(bg_root / b.folder).count() < args.per_query]
+        if not todo and not bg_todo:
+            log.info("all %d folders already hold %d photos%s; nothing to do", len(chosen), args.per_place,
+                     f", all {len(background)} background folders {args.per_query}" if background else "")
             return 0
         log.info("%s: %d of %d places need photos (%d each) from %s", args.out, len(todo), len(chosen),
                  args.per_place, endpoint)
+        if background:
+            log.info("%s: %d of %d background queries need photos (%d each)", bg_root, len(bg_todo),
+                     len(background), args.per_query)
         with Fetcher(workers=args.workers, per_host=args.per_host, read_timeout=args.timeout) as fetcher, \
                 logging_redirect_tqdm():
             reports = crawl(todo, engine, endpoint, args.out, args.per_place, fetcher, args.workers,
-                            progress=not args.no_progress)
-    log.info("summary\n%s", summary_table(reports, args.per_place))
+                            progress=not args.no_progress) if todo else []
+            bg_reports = crawl(bg_todo, engine, endpoint, bg_root, args.per_query, fetcher, args.workers,
+                               progress=not args.no_progress, folder_of=lambda b: b.folder) if bg_todo else []
+    if reports:
+        log.info("summary\n%s", summary_table(reports, args.per_place))
+    if bg_reports:
+        log.info("background (index = kind)\n%s", summary_table(bg_reports, args.per_query))
+        empty = [r.name for r in bg_reports if not r.total]
+        if empty:
+            log.warning("%d background quer%s found no photo at %s: %s%s", len(empty),
+                        "y" if len(empty) == 1 else "ies", endpoint, ", ".join(empty[:5]),
+                        ", ..." if len(empty) > 5 else "")
+    reports = reports + bg_reports
     if not any(r.saved for r in reports):
         search_failed = any(k.startswith("search_") for r in reports for k in r.failed)
         searched = any(r.found for r in reports) and not search_failed

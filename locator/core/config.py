@@ -33,6 +33,11 @@ def rejected_csv(data: Path) -> Path:
     return Path(data) / "rejected.csv"
 
 
+def background_dir(data: Path) -> Path:
+    """Crawled photos of none of the places, one folder per background query (sheet `background`)."""
+    return Path(data) / "background"
+
+
 def negatives_dir(data: Path) -> Path:
     """Everyday photos of none of the places (dataset.py --negatives default): the background class."""
     return Path(data) / "negatives"
@@ -52,25 +57,42 @@ MIN_PLACES, MAX_PLACES = 2, 256
 
 # --- crawling ---
 PER_PLACE = 300
+PER_QUERY = 40                       # photos per background query: 50 queries (shipped table) give 2,000 photos
+                               # of "none of our places", about half the 3,600 place photos
 CRAWL_WORKERS = 16                   # parallel downloads in all
-CRAWL_PER_HOST = 8                   # concurrent requests to one host (a browser opens 6-8; Commons serves
-                               # thumbnails from its CDN host, the API from another)
+CRAWL_PER_HOST = 8                   # concurrent requests to one host the engine names no limit for (Bing's
+                               # results link to many sites; a browser opens 6-8 per host)
+COMMONS_MEDIA_PER_HOST = 2           # Wikimedia's robot policy (2025): "a total concurrency of at most 2" on its
+                               # media host (upload.wikimedia.org); the engine sets it, --per-host overrides it
+API_PER_HOST = 1                     # search/API requests one at a time (MediaWiki API:Etiquette: "in series")
 ENGINE = "commons"
 CRAWL_CONNECT_TIMEOUT = 5.0          # seconds
 CRAWL_READ_TIMEOUT = 20.0
 CRAWL_RETRIES = 3
 CRAWL_BACKOFF = 0.5                  # seconds, doubled per retry
-CRAWL_MAX_RETRY_AFTER = 30.0         # never sleep longer than this for a Retry-After
+CRAWL_MAX_RETRY_AFTER = 30.0         # a Retry-After up to this pauses the host that long; a longer one stops
+                               # the crawl with a message naming the wait (it is never shortened)
+CRAWL_HOST_DOWN_AFTER = 3            # consecutive connection failures (DNS, refused, connect timeout) that mark a
+                               # host unreachable for the rest of the run: offline, 168 s were spent before
+CRAWL_SLOWDOWN_MAX = 8.0             # seconds: each 429 from a host doubles its gap between requests up to this
+MAXLAG = 5                           # MediaWiki maxlag (seconds of replica lag): the value Wikimedia recommends
 CRAWL_MAX_BYTES = 15 * 1024 * 1024   # byte cap per downloaded image
-THUMB_WIDTH = 640              # Commons thumbnail width: plenty for 64x64 training
+THUMB_WIDTH = 500              # Commons thumbnail width: plenty for 64x64 training, and a standard width
+# Since 2025 Wikimedia serves thumbnails only at these widths (mediawiki.org "Common thumbnail sizes"); the API
+# rounds other widths up (640 -> 960) and hand-made URLs of other widths are refused.
+THUMB_WIDTHS = (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840)
 MAX_REDIRECTS = 5              # more hops than this (or a loop) is a failed download, not a hang
 DOWNLOAD_DEADLINE = 60.0       # seconds for one whole body: a server dripping bytes cannot stall a worker
 COMMONS_API = "https://commons.wikimedia.org/w/api.php"
 BING_URL = "https://www.bing.com/images/async"   # the results page Bing's own infinite scroll loads
 SEARCH_PAGE = 50               # results asked for per search request (Commons allows up to 50 with imageinfo)
 MAX_SEARCH_PAGES = 40          # a source that keeps paging past this is assumed to be looping
-USER_AGENT = ("LandmarkLocator/0.1 (+https://github.com/landmark-locator/landmark-locator; "
-              "research crawler for landmark photos)")
+# User-Agent: Wikimedia's policy wants `<client>/<version> (<contact>) <library>/<version>`, with a contact the
+# operator reads; clients without one get stricter limits (2025). --contact or $LANDMARK_CONTACT set it; this
+# project default is warned about once.
+USER_AGENT_CLIENT = "LandmarkLocator/0.2"
+CONTACT = "https://github.com/landmark-locator/landmark-locator"
+CONTACT_ENV = "LANDMARK_CONTACT"
 
 # --- images ---
 SIZE = 64
@@ -116,6 +138,8 @@ SERVE_READ_TIMEOUT = 10.0            # seconds of client silence while sending a
 RELOAD_POLL = 2.0              # seconds between looks for a new exported version
 SERVE_RETRY_AFTER = 1                # seconds, the Retry-After of a 503
 NEARBY = 5                     # attractions in a place answer
+NEARBY_KM = 30.0               # ...within this radius: with few attractions in the table, the nearest one was
+                               # 1,159 km away (Victoria Memorial), no help to a visitor
 
 # --- pipeline.py (the scheduled job) ---
 PROMOTE_TOLERANCE = 0.01       # a candidate may trail the current model by this much (accuracy and macro F1, both

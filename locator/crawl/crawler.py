@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from locator.core.images import ImageRejected, decode
 from locator.crawl import engines
-from locator.crawl.fetch import FetchError
+from locator.crawl.fetch import FetchError, HostStopped
 from locator.crawl.rawstore import RawFolder
 
 log = logging.getLogger(__name__)
@@ -31,20 +31,26 @@ class PlaceReport:
     saved: int = 0
     duplicates: int = 0   # a URL or content (sha256) the folder already has
     failed: Counter = field(default_factory=Counter)  # reason -> count
+    stopped: str = ""     # why the crawl stopped here: the search host is unreachable or asks for a long wait
 
     @property
     def total(self) -> int:
         return self.had + self.saved
 
 
-def crawl(places, engine, endpoint, out, per_place: int, fetcher, workers: int, progress: bool = True) -> list:
-    """Fill out/<index>/ for each place; returns a PlaceReport per place."""
+def crawl(places, engine, endpoint, out, per_place: int, fetcher, workers: int, progress: bool = True,
+          folder_of=None) -> list:
+    """Fill out/<index>/ for each place; returns a PlaceReport per place. `folder_of(place)`: another folder name
+    under out (background queries: places.Background, filed by their folder name)."""
     out = Path(out)
+    folder_of = folder_of or (lambda place: place.index)
     reports = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download") as pool:
         for place in places:
-            reports.append(crawl_place(place, engine, endpoint, RawFolder(out / place.index), per_place,
+            reports.append(crawl_place(place, engine, endpoint, RawFolder(out / folder_of(place)), per_place,
                                        fetcher, pool, queue=2 * workers, progress=progress))
+            if reports[-1].stopped:  # every further search would fail the same way at once
+                break
     return reports
 
 
@@ -88,6 +94,8 @@ def crawl_place(place, engine, endpoint, folder: RawFolder, per_place: int, fetc
                     cand = next(results, None)
                 except FetchError as e:  # the search itself failed: the next term may still work
                     rep.failed[f"search_{e.reason}"] += 1
+                    if isinstance(e, HostStopped):  # ...unless the search host itself is given up
+                        rep.stopped = e.detail
                     log.warning("%s %s: search for %r failed: %s", place.index, place.name, term, e)
                     break
                 if cand is None:
@@ -99,6 +107,8 @@ def crawl_place(place, engine, endpoint, folder: RawFolder, per_place: int, fetc
                 seen.add(cand.url)
                 pending.add(pool.submit(_download, engine, cand, fetcher, folder))
             getattr(results, "close", lambda: None)()  # a generator left early: let it clean up
+            if rep.stopped:
+                break
             # On to the next term without waiting for this one's downloads: the wait at the top of the loop
             # holds the next search back for as long as those downloads could still fill the folder.
         while pending:

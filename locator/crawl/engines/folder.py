@@ -1,5 +1,7 @@
 """A local photo collection: one subfolder per place, named by the place's first search term
-(lower case, spaces as underscores: Place.folder), e.g. ../shared/datasets/indian_monuments/photos.
+(lower case, spaces as underscores: Place.folder), e.g. ../shared/datasets/indian_monuments/photos. A background
+query (Background.folder) maps to a subfolder by the same rule, so one --source may hold both kinds of folder
+(symlinks to several collections are fine).
 
 Only a term that names an existing subfolder has results, which in practice is the first term. The manifest's
 `url` is the file's file:// URI, so that a re-run skips files it has already imported.
