@@ -5,7 +5,7 @@
     python dataset.py --min-per-class 20                  # leave out (with a warning) places under 20 photos
 
 The folder is written beside data/dataset and swapped in whole. Splits are stable as photos are added and no
-near-duplicate group is in two splits (README: "dataset.py"). Prints photos per place per split. Exit 2 for bad
+near-duplicate group is in two splits (docs/dataset.md). Prints photos per place per split. Exit 2 for bad
 input, such as a place too small to appear in every split.
 """
 import logging

@@ -1,1 +1,1 @@
-"""Landmark Locator: the reusable parts of the five pipeline scripts (see README.md)."""
+"""Landmark Locator: the reusable parts of the five pipeline scripts (see docs/architecture.md)."""

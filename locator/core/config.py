@@ -96,7 +96,7 @@ CONTACT_ENV = "LANDMARK_CONTACT"
 
 # --- images ---
 SIZE = 64
-RESIZE_MODE = "squash"         # squash | crop | pad (see README for the measured choice)
+RESIZE_MODE = "squash"         # squash | crop | pad (docs/results.md: the measured choice)
 RESIZE_MODES = ("squash", "crop", "pad")
 MIN_SIDE = 32                  # shortest side under this: rejected as too small
 MAX_PIXELS = 40_000_000        # over this: rejected as a decompression bomb
@@ -113,11 +113,11 @@ EPOCHS = 50
 TRAIN_BATCH = 64
 TRAIN_SEED = 1337
 ARCH = "compact"               # compact | paper (the study's 6.5 M-parameter net)
-PRECISION = "mixed_bfloat16"   # float32 | mixed_bfloat16 (this CPU has AVX512-BF16; see README's table)
+PRECISION = "mixed_bfloat16"   # float32 | mixed_bfloat16 (this CPU has AVX512-BF16; docs/results.md)
 LR = 3e-3                      # peak of the one-cycle schedule (AdamW)
 WEIGHT_DECAY = 5e-4
 LABEL_SMOOTHING = 0.1
-CUTMIX = 0.5                   # share of training batches mixed by CutMix (0 = off): +3 points on val (README)
+CUTMIX = 0.5                   # share of training batches mixed by CutMix (0 = off): +3 points on val (docs/results.md)
 AUGMENT = 1.0                  # strength of the in-model augmentation (0 = off)
 MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
 UNKNOWN_TRUE_ACCEPT = 0.95     # the unknown threshold keeps this share of validation photos
@@ -144,7 +144,7 @@ NEARBY_KM = 30.0               # ...within this radius: with few attractions in 
 # --- pipeline.py (the scheduled job) ---
 PROMOTE_TOLERANCE = 0.01       # a candidate may trail the current model by this much (accuracy and macro F1, both
                                # on the current test split) and still be promoted: one or two photos of noise
-CRON_SCHEDULE = "0 3 * * 0"    # the example in README and --help: Sundays at 03:00
+CRON_SCHEDULE = "0 3 * * 0"    # the example in docs/operations.md and --help: Sundays at 03:00
 
 # --- predict.py ---
 PREDICT_BATCH = 128            # photos per model call (one call's overhead is spread over the batch)

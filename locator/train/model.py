@@ -57,7 +57,7 @@ def compact(input_shape, classes: int, augment: float = 1.0, widths=(32, 64, 128
 
     `stem`: one conv of that width at full resolution, then a max-pool, before the blocks. The conv pairs then run
     at half resolution: 4x fewer multiply-adds for a small loss of detail, which is what makes 50 epochs fit in
-    minutes on two CPU cores (measured: see README).
+    minutes on two CPU cores (measured: see docs/results.md).
     """
     inputs = keras.Input(input_shape, dtype="uint8", name="pixels")
     x = _stem(inputs, augment)

@@ -2,7 +2,7 @@
 against a real server on 127.0.0.1. Picks a photo, drops another, sends a file that is not a photo; screenshots.
 
 .ci/run installs chromium and chromium-driver, so in CI (CI=true) a missing browser fails instead of skipping.
-UPLOAD_PAGE_SCREENSHOT=path also saves the phone-sized screenshot there (README's docs/upload_page.png).
+UPLOAD_PAGE_SCREENSHOT=path also saves the phone-sized screenshot there (docs/upload_page.png: docs/serving.md).
 """
 import base64
 import os
