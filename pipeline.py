@@ -37,6 +37,10 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--source", type=Path, help="crawl.py --source (for --engine folder)")
     g.add_argument("--per-place", type=int, help=f"crawl.py --per-place: photos a place should have "
                    f"({config.PER_PLACE}); raise it to collect more")
+    g.add_argument("--per-query", type=int, help=f"crawl.py --per-query: photos a background query should have "
+                   f"({config.PER_QUERY})")
+    g.add_argument("--no-background", action="store_true",
+                   help="crawl.py --no-background: skip the background sheet's queries")
     g.add_argument("--no-crawl", action="store_true", help="skip the crawl: use the photos in data/raw as they are")
     g.add_argument("--size", type=int, help=f"preprocess.py --size ({config.SIZE})")
     g.add_argument("--resize-mode", choices=config.RESIZE_MODES, help=f"preprocess.py ({config.RESIZE_MODE})")
@@ -75,7 +79,7 @@ def parse_args(argv=None):
         raise UserError(f"--config {pre.config}: {e}")
     args = ap.parse_args(file_argv + argv)
     args.config = pre.config
-    for flag in ("per_place", "epochs", "size"):
+    for flag in ("per_place", "per_query", "epochs", "size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1")
     if not 0 <= args.tolerance < 1:

@@ -20,8 +20,9 @@ REPO = Path(__file__).resolve().parents[2]   # the scripts live at the repositor
 SCRIPTS = {"crawl": "crawl.py", "preprocess": "preprocess.py", "dataset": "dataset.py", "train": "cnn.py"}
 EXTRA = {"crawl": "crawl_args", "preprocess": "preprocess_args", "dataset": "dataset_args", "train": "cnn_args"}
 # pipeline flags handed on to a step when given (else the step's own default, from config.py, applies)
-PASSED = {"crawl": ("engine", "api_url", "source", "per_place"), "preprocess": ("size", "resize_mode"),
-          "dataset": (), "train": ("arch", "epochs")}
+# (a switch such as no_background is handed on when set)
+PASSED = {"crawl": ("engine", "api_url", "source", "per_place", "per_query", "no_background"),
+          "preprocess": ("size", "resize_mode"), "dataset": (), "train": ("arch", "epochs")}
 
 
 class StepFailed(Exception):
@@ -45,11 +46,17 @@ def commands(cfg) -> dict:
              "train": ["--data", cfg.data, "--models", cfg.models, "--no-promote"]}
     out = {}
     for step, script in SCRIPTS.items():
-        passed = [a for name in PASSED[step] if getattr(cfg, name, None) is not None
-                  for a in ("--" + name.replace("_", "-"), getattr(cfg, name))]
+        passed = [a for name in PASSED[step] for a in _flag(name, getattr(cfg, name, None))]
         extra = split_args(getattr(cfg, EXTRA[step], None), "--" + EXTRA[step].replace("_", "-"))
         out[step] = [str(a) for a in (sys.executable, REPO / script, *where[step], *passed, *common, *extra)]
     return out
+
+
+def _flag(name: str, value) -> list:
+    """A pipeline setting as its step's flag: [] when unset, ["--x"] for a switch that is on, else ["--x", v]."""
+    if value is None or value is False:
+        return []
+    return ["--" + name.replace("_", "-")] + ([] if value is True else [value])
 
 
 _PR_SET_PDEATHSIG = 1

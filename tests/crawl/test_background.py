@@ -129,3 +129,15 @@ def test_bad_per_query_is_one_line(setup, capsys):
                      "--per-query", 0) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --per-query must be at least 1"]
+
+
+def test_pipeline_hands_background_flags_to_crawl():
+    import pipeline
+    from locator.job import steps
+
+    args, _, _ = pipeline.parse_args(["--per-query", "7", "--no-background"])
+    crawl_argv = steps.commands(args)["crawl"]
+    assert crawl_argv[crawl_argv.index("--per-query") + 1] == "7" and "--no-background" in crawl_argv
+    args, _, _ = pipeline.parse_args([])
+    crawl_argv = steps.commands(args)["crawl"]
+    assert "--per-query" not in crawl_argv and "--no-background" not in crawl_argv  # crawl.py's defaults apply
