@@ -34,8 +34,7 @@ def atomic_path(path, suffix=None, fsync: bool = True):
     try:
         yield Path(tmp)
         if fsync:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -85,7 +84,7 @@ def exclusive(path, busy: str):
 def append_jsonl(path, records, lock: bool = True, fsync: bool = True) -> None:
     """Append records as JSON lines in one write, fsynced. Pass lock=False when the caller holds lock_for(path).
 
-    fsync=False: the caller fsyncs later, outside its lock (see fsync_file), so that concurrent writers share
+    fsync=False: the caller fsyncs later, outside its lock (see fsync_path), so that concurrent writers share
     one disk flush instead of queueing for one each while holding the lock.
     """
     data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
@@ -99,13 +98,28 @@ def append_jsonl(path, records, lock: bool = True, fsync: bool = True) -> None:
                 os.fsync(f.fileno())
 
 
-def fsync_file(path) -> None:
-    """Flush a file's written data to disk (e.g. lines appended with fsync=False)."""
+def fsync_path(path) -> None:
+    """Flush a file's written data (e.g. lines appended with fsync=False), or a folder's entries (the files renamed
+    into it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder) -> None:
+    """Flush every file and folder under `folder` (and itself) before it is renamed into sight: a kill -9 or
+    power loss after the rename then finds it whole."""
+    folder = Path(folder)
+    subfolders = [folder]
+    for p in folder.rglob("*"):
+        if p.is_dir():
+            subfolders.append(p)
+        elif p.is_file():
+            fsync_path(p)
+    for d in subfolders:
+        fsync_path(d)
 
 
 def read_jsonl(path) -> list:

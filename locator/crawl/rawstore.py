@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from locator.core import config
-from locator.core.fsio import TMP_PREFIX, append_jsonl, fsync_file, lock_for, now_iso, read_jsonl_from
+from locator.core.fsio import TMP_PREFIX, append_jsonl, fsync_path, lock_for, now_iso, read_jsonl_from
 
 MANIFEST = "manifest.jsonl"
 SOURCES = ("commons", "bing", "folder", "user")
@@ -118,7 +118,7 @@ class RawFolder:
             # Durable before we return, but flushed outside the lock: workers adding at the same time share
             # one journal commit instead of queueing for one each. The rename above is in the same or an
             # earlier commit, so a line never outlives its file.
-            fsync_file(self.manifest)
+            fsync_path(self.manifest)
             return record
         finally:
             if tmp.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from locator.core import config
-from locator.core.fsio import TMP_PREFIX, atomic_write_json, lock_for, now_iso
+from locator.core.fsio import TMP_PREFIX, atomic_write_json, fsync_path, fsync_tree, lock_for, now_iso
 from locator.runs import runs
 
 log = logging.getLogger("serving")
@@ -33,12 +33,19 @@ def model_dir(models, name: str = config.MODEL_NAME) -> Path:
     return config.serving_dir(models) / name
 
 
+def is_version(name: str) -> bool:
+    """A version folder's name: ASCII digits written as the number itself ("2", not "02", "²" or "٢", which
+    str.isdigit() accepts and int() then refuses or reads as another folder's number)."""
+    return name.isascii() and name.isdigit() and len(name) <= 18 and str(int(name)) == name
+
+
 def versions(base) -> list:
-    """Version numbers of the complete exports in a model folder, oldest first (temporary folders ignored)."""
+    """Version numbers of the complete exports in a model folder, oldest first (temporary folders and any other
+    name ignored, as TF Serving does)."""
     base = Path(base)
     if not base.is_dir():
         return []
-    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(int(p.name) for p in base.iterdir() if is_version(p.name) and p.is_dir())
 
 
 def read_metadata(version_dir) -> dict:
@@ -79,11 +86,11 @@ def write_version(models, run, keep: int = config.SERVING_KEEP) -> Path:
             atomic_write_json(tmp / EXTRA / "metadata.json", meta)
             atomic_write_json(tmp / EXTRA / EXPORT_INFO, {"run": run.name, "model_sha256": digest,
                                                           "version": version, "exported": now_iso()})
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             os.rename(tmp, base / str(version))  # atomic: the version appears whole or not at all
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_dir(base)
+        fsync_path(base)
         for old in versions(base)[:-keep] if keep > 0 else []:
             shutil.rmtree(base / str(old), ignore_errors=True)  # derived files: the run itself stays
     log.info("exported %s as %s", run.name, base / str(version))
@@ -125,27 +132,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file of a freshly written version before it is renamed into sight (kill -9, power loss)."""
-    for p in folder.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(d)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Signature:
