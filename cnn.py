@@ -13,6 +13,7 @@ from locator.core import config
 from locator.core.cli import ArgumentParser, run, setup_logging
 from locator.core.errors import UserError
 from locator.core.metrics import summary_table
+from locator.data.dataset import SPLITS
 from locator.runs import promote, runs
 
 log = logging.getLogger("cnn")
@@ -120,7 +121,7 @@ def main(argv=None):
         log.info("resuming %s", run_dir)
     data = fit.load_data(config.dataset_dir(a.data))
     log.info("dataset: %s train, %s val, %s test photos of %dx%d, %d places",
-             *(len(data.y[s]) for s in fit.SPLITS), *data.input_size, len(data.classes))
+             *(len(data.y[s]) for s in SPLITS), *data.input_size, len(data.classes))
     if a.shuffle_labels:
         import numpy as np
 

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 
 from locator.core import config  # noqa: E402
 from locator.core.tables import format_table  # noqa: E402
+from locator.data.dataset import SPLITS
 from locator.predict.predictor import acceptance, accepted  # noqa: E402
 from locator.train import finish, fit
 
@@ -31,7 +32,7 @@ def without(data: fit.Data, holdout: set):
     remap = np.full(len(data.classes), -1)
     remap[[c["class"] for c in keep]] = np.arange(len(keep))
     x, y, files, out = {}, {}, {}, []
-    for s in fit.SPLITS:
+    for s in SPLITS:
         known = remap[data.y[s]] >= 0
         x[s], y[s] = data.x[s][known], remap[data.y[s][known]].astype(np.int32)
         files[s] = [f for f, k in zip(data.files[s], known) if k]

@@ -17,7 +17,6 @@ from locator.data import dataset
 from locator.train import evaluate
 
 log = logging.getLogger("train")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -29,6 +28,7 @@ class Data:
     fingerprint: str
     resize_mode: str
     neg: dict = field(default_factory=dict)  # split -> everyday photos (background class), when packed
+    neg_kind: dict = field(default_factory=dict)  # split -> kind of each neg row: landmark | everyday | negatives
 
     @property
     def input_size(self):
@@ -44,7 +44,7 @@ def load_data(folder) -> Data:
         raise UserError(f"{folder}/{dataset.CLASSES}: expected a list of {{class, index, name}} with class numbers "
                         "0, 1, 2, ...; rebuild it with python dataset.py")
     x, y, files = {}, {}, {}
-    for s in SPLITS:
+    for s in dataset.SPLITS:
         x[s], y[s], files[s] = dataset.load_split(folder, s, mmap=False)
         if x[s].dtype != np.uint8 or x[s].ndim != 4 or x[s].shape[-1] != 3:
             raise UserError(f"{folder}/x_{s}.npy: expected uint8 N x H x W x 3, found {x[s].dtype} {x[s].shape}")
@@ -59,7 +59,7 @@ def load_data(folder) -> Data:
         if x[s].shape[1:] != x["train"].shape[1:]:
             raise UserError(f"{folder}: x_{s} images are {x[s].shape[1:3]}, x_train's are {x['train'].shape[1:3]}")
         y[s] = y[s].astype(np.int32)
-    empty = [s for s in SPLITS if not len(x[s])]
+    empty = [s for s in dataset.SPLITS if not len(x[s])]
     if empty:
         raise UserError(f"{folder}: the {' and '.join(empty)} split(s) are empty; training needs photos in train, "
                         "val (best epoch, unknown threshold) and test (metrics)")
@@ -67,9 +67,14 @@ def load_data(folder) -> Data:
         summary = dataset.read_summary(folder)
     except UserError:
         summary = {}
-    neg = {s: n for s in SPLITS if (n := dataset.load_negatives(folder, s)) is not None}
+    neg = {s: n for s in dataset.SPLITS if (n := dataset.load_negatives(folder, s)) is not None}
+    neg_kind = {s: dataset.load_negative_kinds(folder, s) for s in neg}
+    for s in neg:
+        if neg[s].shape[1:] != x["train"].shape[1:] or len(neg_kind[s]) != len(neg[s]):
+            raise UserError(f"{folder}: xneg_{s}.npy {neg[s].shape} does not match x_train's images or its "
+                            f"{len(neg_kind[s])} kinds; rebuild it with python dataset.py")
     return Data(x, y, files, classes, summary.get("fingerprint", ""),
-                summary.get("resize_mode", config.RESIZE_MODE), neg)
+                summary.get("resize_mode", config.RESIZE_MODE), neg, neg_kind)
 
 
 def pipeline(x, y, classes: int, batch: int, training: bool, seed: int, cutmix: float = 0.0):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from locator.data.dataset import SPLITS
 from locator.runs import runs
 from locator.train import finish, fit
 
@@ -15,8 +16,8 @@ def data_from_arrays(x, y, classes, negatives=None, resize_mode: str = "squash",
     x, y = np.asarray(x, np.uint8), np.asarray(y, np.int32)
     xv, yv = (np.asarray(val[0], np.uint8), np.asarray(val[1], np.int32)) if val is not None else (x, y)
     xs, ys = {"train": x, "val": xv, "test": xv}, {"train": y, "val": yv, "test": yv}
-    neg = {s: np.asarray(negatives, np.uint8) for s in fit.SPLITS} if negatives is not None else {}
-    return fit.Data(xs, ys, {s: [""] * len(ys[s]) for s in fit.SPLITS}, list(classes), "quick", resize_mode,
+    neg = {s: np.asarray(negatives, np.uint8) for s in SPLITS} if negatives is not None else {}
+    return fit.Data(xs, ys, {s: [""] * len(ys[s]) for s in SPLITS}, list(classes), "quick", resize_mode,
                       neg)
 
 
