@@ -5,8 +5,10 @@
     python dataset.py --min-per-class 20                  # leave out (with a warning) places under 20 photos
 
 The folder is written beside data/dataset and swapped in whole. Splits are stable as photos are added and no
-near-duplicate group is in two splits (docs/dataset.md). Prints photos per place per split. Exit 2 for bad
-input, such as a place too small to appear in every split.
+near-duplicate group is in two splits (docs/dataset.md). The background sheet's photos (data/processed/background/)
+and data/negatives/ are packed as xneg_<split>.npy ("none of our places") with each row's kind; photos labelled by
+a model (--learn) go to train only. Prints photos per place per split. Exit 2 for bad input, such as a place too
+small to appear in every split.
 """
 import logging
 from pathlib import Path
@@ -52,8 +54,11 @@ def main(argv=None) -> int:
         plan = dataset.build(args.data, table, split, args.seed, args.min_per_class, progress=not args.no_progress,
                              negatives=negatives)
     print(format_table(*dataset.count_rows(plan, table)))
-    if any(plan.negatives.values()):
-        print("negatives (background): " + ", ".join(f"{s} {len(plan.negatives[s])}" for s in dataset.SPLITS))
+    for kind, n in dataset.background_counts(plan).items():
+        if sum(n.values()):
+            print(f"none of our places, {kind}: " + ", ".join(f"{s} {n[s]}" for s in dataset.SPLITS))
+    if plan.model_labelled:
+        print(f"{plan.model_labelled} photo(s) labelled by a model (--learn) are in train only")
     dest = config.dataset_dir(args.data)
     if plan.up_to_date:
         log.info("nothing to do: %s is up to date (fingerprint %s)", dest, plan.fingerprint)

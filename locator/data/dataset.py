@@ -102,37 +102,54 @@ class Plan:
     fingerprint: str = ""
     up_to_date: bool = False
     negatives: dict = field(default_factory=dict)  # split -> [(relative name, path)]: "none of our places"
+    background: dict = field(default_factory=dict)  # split -> [record]: data/background photos, by raw_file
+    model_labelled: int = 0                     # --learn photos labelled by a model: in train only
+
+
+NEG_KINDS = ("landmark", "everyday", "negatives")  # kind of an xneg row: the background sheet's, or data/negatives
+
+
+def model_labelled(r) -> bool:
+    """A photo whose label a model wrote (--learn accepted it as one of our places): it may be trained on, never
+    graded on (val picks the epoch and the threshold, test measures). A person's label (data/review/<index>/, an
+    evaluation subfolder) is a label like a crawled one."""
+    return r.get("source") == "user" and r.get("labelled_by") != "person"
 
 
 def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=None, negatives=None) -> Plan:
     """Decide every row (which photo, which split) from data/processed/manifest.jsonl; nothing is written.
 
     `negatives`: a folder of everyday photos that show none of the places (any depth); they are packed as
-    xneg_*.npy for the model's background class, split by a hash of their path like the places' photos."""
+    xneg_*.npy for the model's background class, split by a hash of their path like the places' photos. The
+    background sheet's photos (preprocess.py's `background` records) join them, split by their group."""
     manifest = config.processed_manifest(data)
     records = read_manifest(data).values()
     if any(r["status"] == PENDING for r in records):
         raise UserError(f"{manifest} is from an interrupted preprocess.py: run it again to finish")
     kept = [r for r in records if r["status"] == "kept"]
-    if not kept:
+    if not any(not r.get("background") for r in kept):
         raise UserError(f"no processed photos in {manifest}: run preprocess.py first")
     shapes = {(r["size"], r["resize_mode"]) for r in kept}
     if len(shapes) > 1:
         raise UserError(f"{manifest} mixes sizes/modes {sorted(shapes)}: run preprocess.py again")
     (size, mode), = shapes
     known = {p.index for p in table}
-    stray = sorted({r["index"] for r in kept} - known)
+    stray = sorted({r["index"] for r in kept if not r.get("background")} - known)
     if stray:
         raise UserError(f"{manifest} has photos of place(s) {', '.join(stray)}, which {table.path} lacks: "
                         "run preprocess.py with this table")
 
-    by_place = defaultdict(list)
+    by_place, bg = defaultdict(list), {s: [] for s in SPLITS}
     for r in kept:
-        by_place[r["index"]].append(r)
+        if r.get("background"):
+            bg[split_of(r["group"], split, seed)].append(r)
+        else:
+            by_place[r["index"]].append(r)
     rows, counts, rescued, short = {s: [] for s in SPLITS}, {}, [], []
     for p in table:
         photos = by_place.get(p.index, [])
-        where, moved = assign([r["group"] for r in photos], split, seed)
+        where, moved = assign([r["group"] for r in photos if not model_labelled(r)], split, seed)
+        where.update({r["group"]: "train" for r in photos if model_labelled(r)})
         n = {s: sum(1 for r in photos if where[r["group"]] == s) for s in SPLITS}
         if min(n.values()) == 0 or (min_per_class and len(photos) < min_per_class):
             short.append((p, len(photos), n))
@@ -155,16 +172,20 @@ def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=
         raise UserError("every place was left out: nothing to build")
     for s in SPLITS:
         rows[s].sort(key=lambda r: (int(r["index"], 16), r["raw_file"]))
+        bg[s].sort(key=lambda r: r["raw_file"])
     left = {p.index for p, _, _ in short}
     classes = [{**c, "left_out": True} if c["index"] in left else c for c in table.classes()]
     neg = plan_negatives(negatives, split, seed)
     fp = fingerprint([(s, r["raw_file"], r["raw_sha256"], int(r["index"], 16)) for s in SPLITS for r in rows[s]]
-                     + [(s, "negatives/" + name, p.stat().st_size, -1) for s in SPLITS for name, p in neg[s]],
+                     + [(s, "negatives/" + name, p.stat().st_size, -1) for s in SPLITS for name, p in neg[s]]
+                     + [(s, r["raw_file"], r["raw_sha256"], r["kind"]) for s in SPLITS for r in bg[s]],
                      size, mode)
     for r in rescued:
         log.info("place %s: %s moved %s -> %s so that %s is not empty (see summary.json)",
                  r["index"], r["raw_file"], r["from"], r["to"], r["to"])
-    return Plan(size, mode, rows, classes, counts, sorted(left), rescued, fp, negatives=neg)
+    learned = sum(model_labelled(r) for s in SPLITS for r in rows[s])
+    return Plan(size, mode, rows, classes, counts, sorted(left), rescued, fp, negatives=neg, background=bg,
+                model_labelled=learned)
 
 
 NEGATIVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -231,8 +252,8 @@ def _write(data, tmp, pl, split, seed, progress):
             del x
             np.save(tmp / f"y_{s}.npy", np.array([int(r["index"], 16) for r in rows], dtype=np.int64))
             (tmp / f"files_{s}.txt").write_text("".join(r["raw_file"] + "\n" for r in rows), encoding="utf-8")
-            if pl.negatives[s]:
-                _write_negatives(tmp, s, pl)
+            if pl.negatives[s] or pl.background[s]:
+                _write_negatives(data, tmp, s, pl)
     atomic_write_json(tmp / CLASSES, pl.classes)
     atomic_write_json(tmp / SUMMARY, {
         "fingerprint": pl.fingerprint,
@@ -241,31 +262,57 @@ def _write(data, tmp, pl, split, seed, progress):
         "split": dict(zip(SPLITS, split)), "seed": seed,
         "totals": {s: len(pl.rows[s]) for s in SPLITS},
         "counts": pl.counts, "left_out": pl.left_out, "rescued": pl.rescued,
-        "negatives": {s: len(pl.negatives[s]) for s in SPLITS},
+        "negatives": {s: len(pl.negatives[s]) + len(pl.background[s]) for s in SPLITS},  # xneg rows
+        "background": background_counts(pl),
+        "model_labelled": pl.model_labelled,
     })
     fsync_tree(tmp)  # durable before the swap makes them the dataset
 
 
-def _write_negatives(tmp, s, pl) -> None:
-    """xneg_<split>.npy + files_neg_<split>.txt: everyday photos through THE normalisation function."""
+def _write_negatives(data, tmp, s, pl) -> None:
+    """xneg_<split>.npy + files_neg_<split>.txt + kind_neg_<split>.txt: the background sheet's photos (their
+    processed PNGs, raw file names) then data/negatives' (through THE normalisation function, names relative to
+    that folder); the kind of each row: landmark, everyday or negatives."""
     from locator.core.images import ImageRejected, normalise
 
-    arrays, names = [], []
+    arrays = [_load_png(data, r, pl.size) for r in pl.background[s]]
+    names, kinds = [r["raw_file"] for r in pl.background[s]], [r["kind"] for r in pl.background[s]]
     for name, path in pl.negatives[s]:
         try:
             arrays.append(normalise(path, pl.size, pl.mode))
             names.append(name)
+            kinds.append("negatives")
         except ImageRejected as e:
             log.warning("negative photo %s skipped: %s", path, e)
     x = np.stack(arrays) if arrays else np.zeros((0, pl.size, pl.size, 3), np.uint8)
     np.save(tmp / f"xneg_{s}.npy", x)
     (tmp / f"files_neg_{s}.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+    (tmp / f"kind_neg_{s}.txt").write_text("".join(k + "\n" for k in kinds), encoding="utf-8")
+
+
+def background_counts(pl: Plan) -> dict:
+    """{kind: {split: n}} of the xneg rows planned (summary.json's `background`)."""
+    out = {k: {s: sum(r["kind"] == k for r in pl.background[s]) for s in SPLITS} for k in NEG_KINDS[:2]}
+    out["negatives"] = {s: len(pl.negatives[s]) for s in SPLITS}
+    return out
 
 
 def load_negatives(dataset_dir, split: str):
-    """Everyday photos of one split (uint8 N x H x W x 3), or None when the dataset was built without them."""
+    """Photos of none of our places of one split (uint8 N x H x W x 3), or None when the dataset has none."""
     path = Path(dataset_dir) / f"xneg_{split}.npy"
     return _read(path, np.load) if path.exists() else None
+
+
+def load_negative_kinds(dataset_dir, split: str):
+    """The kind of each xneg row (np.ndarray of str: landmark | everyday | negatives), or None without xneg. A
+    dataset from before kinds were recorded held data/negatives only."""
+    d = Path(dataset_dir)
+    if not (d / f"xneg_{split}.npy").exists():
+        return None
+    path = d / f"kind_neg_{split}.txt"
+    if not path.exists():
+        return np.full(len(_read(d / f"files_neg_{split}.txt", lambda p: p.read_text().splitlines())), "negatives")
+    return np.array(_read(path, lambda p: p.read_text(encoding="utf-8").splitlines()), dtype=str)
 
 
 def _load_png(data, r, size) -> np.ndarray:

@@ -1,9 +1,11 @@
-"""Step 2: data/raw/<index>/ -> data/processed/<index>/*.png and data/processed/manifest.jsonl.
+"""Step 2: data/raw/<index>/ -> data/processed/<index>/*.png and data/processed/manifest.jsonl; the background
+sheet's photos, data/background/<folder>/, -> data/processed/background/<folder>/*.png, in the same manifest.
 
 Per raw photo, in a process pool: read the bytes once, hash them, `images.decode` them (JPEG draft mode) and
 `images.resize` the result -- exactly the two halves of `images.normalise`, so predict and serve see the same
 pixels -- then write the PNG. Then, in the parent, over ALL photos old and new: group exact and near-duplicates,
-keep one photo per group, reject groups that span places (`conflict`), quarantine rejects, rewrite the manifest.
+keep one photo per group, reject groups that span places and background photos grouped with a place photo
+(`conflict`, locator/data/groups.py), quarantine rejects, rewrite the manifest.
 
 Manifest line (paths relative to the data root, like data/rejected.csv):
   file           processed/<index>/<stem>.png; null for a rejected photo
@@ -16,32 +18,33 @@ Manifest line (paths relative to the data root, like data/rejected.csv):
   status         kept | duplicate | rejected;  duplicate: exact | near, duplicate_of: raw_file of the kept photo
   reason, detail why it was rejected (images.REASONS, or `conflict`)
   size, resize_mode, processed (ISO time)
+  source         the raw manifest's source (commons, bing, folder, user, ...), and its labelled_by when it has one:
+                 dataset.py keeps photos whose label a model wrote (--learn) out of val and test
+  background, kind   background photos only: the folder (query) and its kind (landmark | everyday); index null
 
-Groups are the connected components of "same pixels, or phash within NEAR_DUP_DISTANCE bits": a component does not
-depend on the order photos arrive in. The price: a new photo close to two groups joins them into one, whose key is
-the smaller of the two, so the photos of the other group may change split. We accept that -- leak-free beats
-stable -- and it needs a photo within a few bits of both groups.
+Groups (locator/data/groups.py) are the connected components of "same pixels, or phash within NEAR_DUP_DISTANCE
+bits": a component does not depend on the order photos arrive in. The price: a new photo close to two groups joins
+them into one, whose key is the smaller of the two, so the photos of the other group may change split. We accept
+that -- leak-free beats stable -- and it needs a photo within a few bits of both groups.
 """
 import hashlib
 import logging
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import imagehash
-import numpy as np
 
 from locator.core import config, images
 from locator.core.errors import UserError
-from locator.core.fsio import (TMP_PREFIX, append_jsonl, atomic_path, exclusive, now_iso, read_jsonl,
-                                rewrite_jsonl)
+from locator.core.fsio import TMP_PREFIX, append_jsonl, atomic_path, exclusive, now_iso, read_jsonl, rewrite_jsonl
 from locator.crawl.rawstore import RawFolder, quarantine
+from locator.data.groups import CONFLICT, group_keys, near_pairs, resolve, set_status  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 
-CONFLICT = "conflict"
 PHASH_INPUT = 64          # photos are hashed as a 64x64 squash: cheap, and the same for every --size/--resize-mode
 PENDING = "pending"       # a checkpointed photo not yet grouped (the run was interrupted)
 CHECKPOINT_EVERY = 256    # photos, or...
@@ -70,18 +73,25 @@ class Summary:
     changed: bool = False                             # manifest rewritten or files moved
 
     def count(self, index: str, status: str, kind: str | None = None) -> int:
+        """Photos of a place (index) or of a background kind (row_key) with this status (and duplicate kind or
+        reject reason)."""
         key = "duplicate" if status == "duplicate" else "reason"
-        return sum(1 for r in self.records if r["index"] == index and r["status"] == status
+        return sum(1 for r in self.records if row_key(r) == index and r["status"] == status
                    and (kind is None or r.get(key) == kind))
+
+
+def row_key(r) -> str:
+    """What the summary counts a record under: its place index, or "background <kind>"."""
+    return f"background {r['kind']}" if r.get("background") else r["index"]
 
 
 # ---------------------------------------------------------------- one photo (runs in a worker process)
 
 def process_one(job) -> dict:
     """Decode, hash and normalise one raw photo; write its PNG. A tuple in, a manifest record out (no group yet)."""
-    data_root, raw_file, index, size, mode, min_side, max_pixels = job
+    data_root, raw_file, index, size, mode, min_side, max_pixels, extra = job
     path = Path(data_root) / raw_file
-    rec = {"raw_file": raw_file, "index": index, "size": size, "resize_mode": mode, "processed": now_iso()}
+    rec = {"raw_file": raw_file, "index": index, **extra, "size": size, "resize_mode": mode, "processed": now_iso()}
     try:
         st = path.stat()  # before reading: a file rewritten meanwhile gets a new mtime and is redone next run
         data = path.read_bytes()
@@ -107,91 +117,11 @@ def process_one(job) -> dict:
 
 
 def processed_path(raw_file: str) -> str:
-    """raw/0a/000001.jpg -> processed/0a/000001.png (both relative to the data root)."""
+    """raw/0a/000001.jpg -> processed/0a/000001.png, background/castle/000001.jpg ->
+    processed/background/castle/000001.png (all relative to the data root)."""
     p = Path(raw_file)
-    return f"{config.processed_dir(Path()).as_posix()}/{p.parent.name}/{p.stem}.png"
-
-
-# ---------------------------------------------------------------- duplicates
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):  # numpy >= 2
-        return np.bitwise_count(x)
-    bits = np.unpackbits(x.view(np.uint8).reshape(x.shape + (8,)), axis=-1)
-    return bits.sum(axis=-1)
-
-
-def near_pairs(phashes, distance: int):
-    """Index pairs (i < j) whose 64-bit hashes differ in <= distance bits. All pairs, in row blocks of bounded size."""
-    h = np.array([int(p, 16) for p in phashes], dtype=np.uint64)
-    n = len(h)
-    block = max(1, 2_000_000 // max(n, 1))  # ~16 MB of XORs at a time
-    for start in range(0, n, block):
-        d = _popcount(h[start:start + block, None] ^ h[None, start:])
-        for i, j in zip(*np.nonzero(d <= distance)):
-            if j > i:  # columns start at `start` too, so j > i means the pair (start+i, start+j) with i < j
-                yield start + int(i), start + int(j)
-
-
-def group_keys(records, distance: int = config.NEAR_DUP_DISTANCE) -> list:
-    """Near-duplicate group key of each record: connected components of "same pixels or phash within distance",
-    keyed by the smallest raw_sha256 in the component. Independent of the records' order."""
-    parent = list(range(len(records)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i, j):
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
-    first = {}
-    for i, r in enumerate(records):
-        union(i, first.setdefault(r["pixel_hash"], i))
-    for i, j in near_pairs([r["phash"] for r in records], distance):
-        union(i, j)
-    key = {}
-    for i, r in enumerate(records):
-        root = find(i)
-        key[root] = min(key.get(root, r["raw_sha256"]), r["raw_sha256"])
-    return [key[find(i)] for i in range(len(records))]
-
-
-def resolve(records, distance: int = config.NEAR_DUP_DISTANCE) -> None:
-    """Set group, status and duplicate fields in place. `records`: every photo with hashes (kept, duplicate, pending
-    or rejected as a conflict). A group under two places is label noise: all of it is rejected, and stays so."""
-    members = defaultdict(list)
-    for r, key in zip(records, group_keys(records, distance)):
-        r["group"] = key
-        members[key].append(r)
-    for key, group in members.items():
-        places = sorted({r["index"] for r in group})
-        if len(places) > 1 or any(r.get("reason") == CONFLICT for r in group):
-            others = ", ".join(places)
-            for r in group:
-                if r.get("reason") != CONFLICT:
-                    _set(r, "rejected", reason=CONFLICT, file=None,
-                         detail=f"near-duplicate group {key[:12]} spans places {others}")
-            continue
-        # The biggest photo carries the most detail; the sha256 breaks ties the same way on every run.
-        keep = min(group, key=lambda r: (-r["width"] * r["height"], r["raw_sha256"]))
-        for r in group:
-            if r is keep:
-                _set(r, "kept")
-            else:
-                _set(r, "duplicate", duplicate="exact" if r["pixel_hash"] == keep["pixel_hash"] else "near",
-                     duplicate_of=keep["raw_file"])
-
-
-def _set(r, status, **fields):
-    for k in ("reason", "detail", "duplicate", "duplicate_of"):
-        r.pop(k, None)
-    r["status"] = status
-    r.update(fields)
+    under = p.parent.name if p.parts[0] == config.raw_dir(Path()).name else p.parent.as_posix()
+    return f"{config.processed_dir(Path()).as_posix()}/{under}/{p.stem}.png"
 
 
 # ---------------------------------------------------------------- the run
@@ -208,6 +138,11 @@ def run(data, table, opt: Options = Options()) -> Summary:
     for d in sorted(raw_root.iterdir()):
         if d.is_dir() and d.name not in known:
             log.warning("%s has no row in %s: skipped", d, table.path)
+    queries = {b.folder for b in table.background}
+    bg_root = config.background_dir(data)
+    for d in sorted(bg_root.iterdir()) if bg_root.is_dir() else ():
+        if d.is_dir() and d.name not in queries:
+            log.warning("%s is no query of the background sheet of %s: skipped", d, table.path)
 
     manifest = config.processed_manifest(data)
     with exclusive(manifest, f"another preprocess.py is working on {data}"):
@@ -223,23 +158,29 @@ def _run_locked(data, table, opt, manifest) -> Summary:
     old = read_manifest(data)
     summary = Summary(records=[])
     carried, todo = [], []
-    for place in table:
-        for raw in RawFolder(config.raw_dir(data) / place.index).records():
-            raw_file = f"{config.raw_dir(Path()).as_posix()}/{place.index}/{raw['file']}"
-            summary.read[place.index] += 1
+    for folder, index, extra in _sources(data, table):
+        rel = folder.relative_to(data).as_posix()
+        for raw in RawFolder(folder).records():
+            raw_file = f"{rel}/{raw['file']}"
+            # Where the label came from, refreshed on every run (the raw manifest is the truth about it).
+            meta = {**extra, "source": raw.get("source", "")}
+            if "labelled_by" in raw:
+                meta["labelled_by"] = raw["labelled_by"]
+            key = row_key({"index": index, **meta})
+            summary.read[key] += 1
             rec = _carry(data, old.get(raw_file), raw_file, opt)
             if rec == "missing":
-                summary.missing[place.index] += 1
+                summary.missing[key] += 1
                 log.warning("%s is listed in its manifest but not on disk", raw_file)
             elif rec:
-                carried.append(rec)
+                carried.append({**rec, "index": index, **meta})
             else:
-                todo.append((str(data), raw_file, place.index, opt.size, opt.mode, opt.min_side, opt.max_pixels))
+                todo.append((str(data), raw_file, index, opt.size, opt.mode, opt.min_side, opt.max_pixels, meta))
 
     fresh = _process_all(todo, opt, manifest, summary)
     newly_rejected = [r for r in fresh if r["status"] == "rejected"]
     for r in fresh:
-        summary.new[r["index"]] += 1
+        summary.new[row_key(r)] += 1
 
     # Stored sizes let a new --min-side or --max-pixels apply to old photos without decoding them again.
     records = carried + fresh
@@ -247,7 +188,7 @@ def _run_locked(data, table, opt, manifest) -> Summary:
         if r["status"] != "rejected":
             reason = _size_reason(r["width"], r["height"], opt)
             if reason:
-                _set(r, "rejected", reason=reason[0], detail=reason[1], file=None)
+                set_status(r, "rejected", reason=reason[0], detail=reason[1], file=None)
                 newly_rejected.append(r)
     hashed = [r for r in records if r["status"] != "rejected" or r.get("reason") == CONFLICT]
     before = {id(r): r.get("reason") for r in hashed}
@@ -263,6 +204,15 @@ def _run_locked(data, table, opt, manifest) -> Summary:
     summary.changed |= _quarantine(data, records, newly_rejected, opt)
     _remove_stale_pngs(data, table, records)
     return summary
+
+
+def _sources(data, table):
+    """(raw folder, index, manifest fields) of every folder preprocess.py reads: the places', then the background
+    sheet's (index None: a background photo is no place's)."""
+    for place in table:
+        yield config.raw_dir(data) / place.index, place.index, {}
+    for b in table.background:
+        yield config.background_dir(data) / b.folder, None, {"background": b.folder, "kind": b.kind}
 
 
 def _carry(data, old, raw_file, opt):
@@ -314,10 +264,10 @@ def _process_all(todo, opt, manifest, summary) -> list:
             for rec in results:
                 bar.update()
                 if rec["status"] == "missing":
-                    summary.missing[rec["index"]] += 1
+                    summary.missing[row_key(rec)] += 1
                     continue
                 if rec["status"] == "error":
-                    summary.errors[rec["index"]] += 1
+                    summary.errors[row_key(rec)] += 1
                     log.error("%s: %s (left in place; retried next run)", rec["raw_file"], rec["detail"])
                     continue
                 out.append(rec)
@@ -370,12 +320,13 @@ def _quarantine(data, records, newly_rejected, opt) -> bool:
 def _remove_stale_pngs(data, table, records):
     """PNGs no manifest line names (a rejected or vanished photo, a killed worker's temp file) go."""
     wanted = {r["file"] for r in records if r.get("file")}
-    for place in table:
-        folder = config.processed_dir(data) / place.index
+    subs = [p.index for p in table] + [f"{config.background_dir(Path()).name}/{b.folder}" for b in table.background]
+    for sub in subs:
+        folder = config.processed_dir(data) / sub
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            rel = f"{config.processed_dir(Path()).as_posix()}/{place.index}/{p.name}"
+            rel = f"{config.processed_dir(Path()).as_posix()}/{sub}/{p.name}"
             if (p.suffix == ".png" or p.name.startswith(TMP_PREFIX)) and rel not in wanted:
                 p.unlink()
 
@@ -391,9 +342,10 @@ def table_rows(summary: Summary, table):
     extra = [(name, c) for name, c in extra if sum(c.values())]
     headers += [name for name, _ in extra]
     rows = []
-    for p in table:
-        i = p.index
-        rows.append([i, p.name, summary.read[i], summary.new[i], summary.count(i, "kept"),
+    names = [(p.index, p.index, p.name) for p in table]  # (count key, index column, place column)
+    names += [(f"background {k}", "", f"background: {k}") for k in dict.fromkeys(b.kind for b in table.background)]
+    for i, shown, name in names:
+        rows.append([shown, name, summary.read[i], summary.new[i], summary.count(i, "kept"),
                      summary.count(i, "duplicate", "exact"), summary.count(i, "duplicate", "near")]
                     + [summary.count(i, "rejected", reason) for reason in reasons] + [c[i] for _, c in extra])
     footer = ["", "total"] + [sum(r[k] for r in rows) for k in range(2, len(headers))]
