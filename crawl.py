@@ -9,7 +9,8 @@ After the places, the queries of the table's `background` sheet (photos of none 
 data/background/<folder>/ (beside --out) up to --per-query each, with the same engine, checks and manifest.
 A re-run tops every folder up to --per-place and skips URLs and contents it already has; after kill -9 it first
 tidies what the killed run left. Exit 2 for bad input; 1 when nothing could be collected (no results, a failing
-search, or still no photo at all); 0 otherwise, also when the source only had photos we already have.
+search, or still no photo at all), or when the search host was given up midway (unreachable, or it asked for a
+longer wait than the crawl makes); 0 otherwise, also when the source only had photos we already have.
 """
 import logging
 from pathlib import Path
@@ -22,7 +23,7 @@ from locator.core.errors import UserError
 from locator.core.fsio import exclusive
 from locator.crawl import engines
 from locator.crawl.crawler import crawl, summary_table
-from locator.crawl.fetch import Fetcher, FetchError, check_url
+from locator.crawl.fetch import Fetcher, FetchError, build_user_agent, check_url, resolve_contact
 from locator.crawl.rawstore import RawFolder
 
 log = logging.getLogger("crawl")
@@ -43,8 +44,12 @@ def parse_args(argv=None):
     ap.add_argument("--only", help="comma list of place indexes, e.g. 00,0a (background queries are crawled too)")
     ap.add_argument("--workers", type=int, default=config.CRAWL_WORKERS,
                     help="parallel downloads (default %(default)s)")
-    ap.add_argument("--per-host", type=int, default=config.CRAWL_PER_HOST,
-                    help="parallel requests to one host (default %(default)s; raise it for a local mirror)")
+    ap.add_argument("--per-host", type=int,
+                    help="parallel downloads from one host (default: the engine's, as the service asks: Commons "
+                         f"{config.COMMONS_MEDIA_PER_HOST} on its media host; otherwise {config.CRAWL_PER_HOST}); "
+                         "raise it only for a mirror of your own")
+    ap.add_argument("--contact", help="your email address or a URL you read, for the User-Agent (Wikimedia's "
+                    f"policy asks for one; default ${config.CONTACT_ENV}, else the project's page, with a warning)")
     ap.add_argument("--timeout", type=float, default=config.CRAWL_READ_TIMEOUT,
                     help="read timeout in seconds (default %(default)s)")
     ap.add_argument("--out", type=Path, default=config.raw_dir(config.DATA), help="default %(default)s")
@@ -75,7 +80,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
     for flag in ("per_place", "per_query", "workers", "per_host"):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.timeout <= 0:
         raise UserError("--timeout must be positive")
@@ -85,6 +90,7 @@ def main(argv=None) -> int:
     bg_root = config.background_dir(args.out.parent)  # data/background beside data/raw
     engine = engines.load(args.engine)
     endpoint = endpoint_for(engine, args)
+    user_agent = build_user_agent(resolve_contact(args.contact)) if engine.DEFAULT_ENDPOINT else None
 
     args.out.mkdir(parents=True, exist_ok=True)
     # two crawls filling the same folders would race for numbers and delete each other's temp files
@@ -109,8 +115,9 @@ def main(argv=None) -> int:
         if background:
             log.info("%s: %d of %d background queries need photos (%d each)", bg_root, len(bg_todo),
                      len(background), args.per_query)
-        with Fetcher(workers=args.workers, per_host=args.per_host, read_timeout=args.timeout) as fetcher, \
-                logging_redirect_tqdm():
+        with Fetcher(workers=args.workers, per_host=args.per_host or config.CRAWL_PER_HOST,
+                     limits=engines.limits(engine, args.per_host), read_timeout=args.timeout,
+                     user_agent=user_agent) as fetcher, logging_redirect_tqdm():
             reports = crawl(todo, engine, endpoint, args.out, args.per_place, fetcher, args.workers,
                             progress=not args.no_progress) if todo else []
             bg_reports = crawl(bg_todo, engine, endpoint, bg_root, args.per_query, fetcher, args.workers,
@@ -125,6 +132,7 @@ def main(argv=None) -> int:
                         "y" if len(empty) == 1 else "ies", endpoint, ", ".join(empty[:5]),
                         ", ..." if len(empty) > 5 else "")
     reports = reports + bg_reports
+    stopped = next((r.stopped for r in reports if r.stopped), "")
     if not any(r.saved for r in reports):
         search_failed = any(k.startswith("search_") for r in reports for k in r.failed)
         searched = any(r.found for r in reports) and not search_failed
@@ -133,7 +141,11 @@ def main(argv=None) -> int:
             # re-run, which is no failure for a nightly job.
             log.info("the source has nothing new for these places")
             return 0
-        log.error("nothing could be collected from %s", endpoint)
+        # the pipeline quotes the text after "nothing could be collected: " as the cause
+        log.error("nothing could be collected: %s", stopped or f"{endpoint} gave no usable photo")
+        return 1
+    if stopped:
+        log.error("the crawl stopped early: %s", stopped)
         return 1
     return 0
 

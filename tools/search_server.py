@@ -10,9 +10,22 @@ as the folder engine sees it. Answers are in the real shapes:
   /files/<folder>/<name>, /thumb/<folder>/<name>/<w>px-<name>   the photo bytes (thumbnails are not scaled)
   /wiki/File:<name>                                        a tiny description page
 
+It enforces what the live services enforce, so that a test fails where Wikimedia would throttle or block us:
+- a User-Agent of the policy's shape `<client>/<version> (<contact>) <library>/<version>`, the contact an email
+  or a URL; anything else is answered 403, as Wikimedia does (python-requests' default, no contact, ...);
+- at most `media_limit` (2, the robot policy's) concurrent requests for photo bytes: more are answered 429
+  with Retry-After, as upload.wikimedia.org does;
+- thumbnails at the standard widths only (THUMB_WIDTHS): the API rounds iiurlwidth up to the next one (and gives
+  the original when that is not smaller), a hand-made /thumb/ URL of another width is refused (400);
+- on request (`api_errors`, for tests), MediaWiki's busy answers: HTTP 200 with an error code `maxlag` or
+  `ratelimited` and Retry-After, or a plain 429 with Retry-After.
+Bing's `first` is 1-based; past the end Bing repeats its last results, and so does this server.
+
 Run it for a demo:   python tools/search_server.py --root DIR --port 8765 --latency 0.05
 or in a test:        with SearchServer(root, latency=0.05) as server: server.api_url ...
 `extra` puts more results (any URLs: broken, slow, file://) before a folder's own, for fault tests.
+`peak` holds the most concurrent requests seen per kind ("media", "api"), `throttled` the 429s sent, `log` the
+(path, query, User-Agent) of every request.
 """
 import html
 import json
@@ -33,6 +46,14 @@ from locator.core.places import folder_name  # noqa: E402
 
 LICENCES = ("CC BY-SA 4.0", "CC BY 2.0", "Public domain", "CC BY-SA 3.0")
 _KEYWORD = re.compile(r"\b\w+:\S+")  # CirrusSearch keywords such as filetype:bitmap are filters, not words
+# mediawiki.org "Common thumbnail sizes": the only widths Wikimedia's CDN serves since 2025
+THUMB_WIDTHS = (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840)
+MEDIA_LIMIT = 2   # Wikimedia's robot policy: a total concurrency of at most 2 on upload.wikimedia.org
+# `<client>/<version> (<contact>) <library>/<version>`, the contact an email address or a URL
+_USER_AGENT = re.compile(r"^[^\s/()]+/[^\s()]+ \([^()]*(?:[^\s@();]+@[^\s@();]+\.\w+|https?://[^\s();]+)[^()]*\)"
+                         r"(?: [^\s/()]+/[^\s()]+)+$")
+UA_REFUSED = ("Please set a user-agent and respect our robot policy https://w.wiki/4wJS "
+              "(format: client/version (contact) library/version)")
 
 
 class Library:
@@ -70,12 +91,17 @@ class SearchServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow handler never keeps a test process alive
 
     def __init__(self, root, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, extra=None,
-                 verbose: bool = False):
+                 verbose: bool = False, media_limit: int = MEDIA_LIMIT):
         super().__init__((host, port), _Handler)
         self.library = Library(root)
         self.latency = latency          # seconds added to every request (may be changed while running)
         self.extra = extra or {}        # folder -> [url, ...] listed before the folder's own photos
         self.verbose = verbose
+        self.media_limit = media_limit  # concurrent photo requests above this get 429 (0: no limit)
+        self.api_errors = []            # [(code, retry_after)] answered to the next API requests, in order:
+                                        # code "maxlag" | "ratelimited" (HTTP 200 + error) or 429 (HTTP 429)
+        self.peak, self.throttled, self.log = {"media": 0, "api": 0}, 0, []
+        self._busy, self._count_lock = {"media": 0, "api": 0}, threading.Lock()
         self._thread = None
 
     @property
@@ -128,11 +154,34 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(fmt, *args)
 
     def do_GET(self):
-        if self.server.latency:
-            time.sleep(self.server.latency)
         parts = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         path = unquote(parts.path)
+        srv = self.server
+        srv.log.append((path, query, self.headers.get("User-Agent", "")))
+        if not _USER_AGENT.match(self.headers.get("User-Agent", "")):
+            return self._send(403, "text/plain; charset=utf-8", UA_REFUSED)
+        kind = "media" if path.startswith(("/files/", "/thumb/")) else "api" if path == "/w/api.php" else None
+        if kind:
+            with srv._count_lock:
+                srv._busy[kind] += 1
+                srv.peak[kind] = max(srv.peak[kind], srv._busy[kind])
+                over = kind == "media" and srv.media_limit and srv._busy[kind] > srv.media_limit
+                if over:
+                    srv.throttled += 1
+        try:
+            if kind == "media" and over:
+                return self._send(429, "text/plain", "Too many concurrent requests (robot policy: at most "
+                                  f"{srv.media_limit})", {"Retry-After": "1"})
+            if srv.latency:
+                time.sleep(srv.latency)
+            self._route(path, query)
+        finally:
+            if kind:
+                with srv._count_lock:
+                    srv._busy[kind] -= 1
+
+    def _route(self, path: str, query: dict):
         if path == "/w/api.php":
             self._commons(query)
         elif path in ("/images/async", "/images/search"):
@@ -145,11 +194,13 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain", "not found")
 
-    def _send(self, status: int, ctype: str, body):
+    def _send(self, status: int, ctype: str, body, headers=None):
         body = body.encode("utf-8") if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
 
@@ -158,10 +209,27 @@ class _Handler(BaseHTTPRequestHandler):
         file = self.server.library.path(bits[2], bits[3]) if len(bits) >= 4 else None
         if file is None:
             return self._send(404, "text/plain", "no such file")
+        if bits[1] == "thumb":
+            width = re.match(r"^(\d+)px-", bits[4]) if len(bits) >= 5 else None
+            if not width or int(width.group(1)) not in THUMB_WIDTHS:
+                return self._send(400, "text/plain; charset=utf-8", "Use thumbnail steps listed on "
+                                  "https://w.wiki/GHai. Please contact noc@wikimedia.org for further information")
         ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         self._send(200, ctype, file.read_bytes())
 
     def _commons(self, q: dict):
+        if self.server.api_errors:
+            code, wait = self.server.api_errors.pop(0)
+            if code == 429:
+                self.server.throttled += 1
+                return self._send(429, "text/plain", "Too many requests", {"Retry-After": str(wait)})
+            info = {"maxlag": "Waiting for 10.64.0.1: 6 seconds lagged",
+                    "ratelimited": "You've exceeded your rate limit. Please wait some time and try again."}[code]
+            err = {"code": code, "info": info, "*": "See https://commons.wikimedia.org/w/api.php for API usage."}
+            if code == "maxlag":
+                err.update(host="10.64.0.1", lag=6)
+            return self._send(200, "application/json; charset=utf-8", json.dumps({"error": err}),
+                              {"Retry-After": str(wait), **({"X-Database-Lag": "6"} if code == "maxlag" else {})})
         if q.get("action") != "query" or q.get("generator") != "search" or "gsrsearch" not in q:
             return self._send(200, "application/json; charset=utf-8", json.dumps(
                 {"error": {"code": "badparams", "info": "this mirror only answers generator=search queries"}}))
@@ -193,20 +261,25 @@ class _Handler(BaseHTTPRequestHandler):
                     "Artist": {"value": f'<a href="//commons.wikimedia.org/wiki/User:Photographer{rank % 7}" '
                                         f'title="User:Photographer{rank % 7}">Photographer {rank % 7}</a>',
                                "source": "commons-desc-page"}}}
-        if width and name:  # Commons adds a thumbnail when iiurlwidth is given
-            tw = min(width, w) or width
-            info.update(thumburl=f"{base}/thumb/{quote(folder)}/{quote(name)}/{tw}px-{quote(name)}",
-                        thumbwidth=tw, thumbheight=round(h * tw / w) if w else 0)
+        if width and name:  # Commons adds a thumbnail when iiurlwidth is given, at the next standard width up
+            step = next((s for s in THUMB_WIDTHS if s >= width), THUMB_WIDTHS[-1])
+            if w and step < w:
+                info.update(thumburl=f"{base}/thumb/{quote(folder)}/{quote(name)}/{step}px-{quote(name)}",
+                            thumbwidth=width, thumbheight=round(h * width / w))  # T388792: the asked width
+            else:  # not smaller than the original: the original itself
+                info.update(thumburl=url, thumbwidth=w, thumbheight=h)
         elif width:
             info.update(thumburl=url, thumbwidth=width, thumbheight=width * 3 // 4)
         return {"pageid": 1000 + rank, "ns": 6, "title": f"File:{title}", "index": rank + 1,
                 "imagerepository": "local", "imageinfo": [info]}
 
     def _bing(self, q: dict):
-        first = int(q["first"]) if q.get("first", "").isdigit() else 0
+        first = max(int(q["first"]) if q.get("first", "").isdigit() else 1, 1)  # 1-based, as Bing's own pages
         count = min(int(q["count"]) if q.get("count", "").isdigit() else 35, 150)
+        results = self.server.results(q.get("q", ""))
+        start = min(first - 1, max(len(results) - count, 0))  # past the end, Bing repeats its last results
         items = []
-        for url, folder, name in self.server.results(q.get("q", ""))[first:first + count]:
+        for url, folder, name in results[start:start + count]:
             m = {"cid": f"{zlib.crc32(url.encode()):08x}", "purl": f"{self.server.base_url}/wiki/File:{quote(name)}",
                  "murl": url, "turl": url, "t": name}
             items.append(f'<li><div class="iuscp"><div class="imgpt"><a class="iusc" '
@@ -226,12 +299,16 @@ def main(argv=None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8765, help="0 picks a free port (printed on stdout)")
     ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    ap.add_argument("--media-limit", type=int, default=MEDIA_LIMIT,
+                    help="concurrent photo requests above this are answered 429 (default %(default)s, Wikimedia's "
+                         "robot policy; 0: no limit)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
     if not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
-    server = SearchServer(args.root, args.host, args.port, args.latency, verbose=args.verbose)
+    server = SearchServer(args.root, args.host, args.port, args.latency, verbose=args.verbose,
+                          media_limit=args.media_limit)
     # The first stdout line is the API URL, so that a script that started us with --port 0 can read it.
     print(server.api_url, flush=True)
     print(f"serving {args.root} (Commons API {server.api_url}, Bing {server.bing_url}); Ctrl-C stops",

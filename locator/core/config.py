@@ -100,6 +100,12 @@ RESIZE_MODE = "squash"         # squash | crop | pad (docs/results.md: the measu
 RESIZE_MODES = ("squash", "crop", "pad")
 MIN_SIDE = 32                  # shortest side under this: rejected as too small
 MAX_PIXELS = 40_000_000        # over this: rejected as a decompression bomb
+MAX_DECODE_BYTES = 160_000_000  # decoded bytes of one photo (width x height x bytes a pixel as Pillow holds it: 1 grey,
+                               # 2 for 16-bit, 4 for RGB; after the JPEG draft): 40 Mpx RGB, the pixel cap; over it
+                               # "too_large". A 16-bit PNG of 6000x6600 (77 KB on disk) is 79 MB here (issue 14)
+DECODE_BYTES_IN_FLIGHT = 640_000_000  # decodes of a process wait while this many decoded bytes are in use: 4 such
+                               # 16-bit PNGs at once took 3.6 GB before (float64); now at most this
+DECODES_IN_FLIGHT = 0          # decodes at once per process; 0 = 2 per core (more only queue for the CPU)
 PAD_COLOUR = (0, 0, 0)
 PREPROCESS_WORKERS = 0         # processes decoding photos; 0 = one per core
 
@@ -131,12 +137,29 @@ SERVE_BATCH_WINDOW = 0.005           # seconds a model call waits for more reque
                                # batch_timeout_micros), only while more can come (other open connections);
                                # while a call runs, arrivals queue and join the next
 SERVE_QUEUE_MAX = 128                # photos waiting for the model; more -> 503 with Retry-After
-SERVE_MAX_CONNECTIONS = 64           # open connections; more -> 503 at once (each costs a thread)
+SERVE_MAX_BATCH_SIZE = 128           # instances in one request at most (TF Serving's max_batch_size); more -> 400
+                               # "Task size N is larger than maximum input batch size 128": one request of
+                               # 20,000 held the model 20 s (issue 14); 128 photos decode and run in ~0.3 s
+SERVE_MAX_CONNECTIONS = 1024         # open connections; more -> 503 at once. asyncio: an idle or slow connection
+                               # costs a few kB, not a thread (the thread server's 64 were taken by 64 slow sockets)
+SERVE_WORKERS = 32                   # threads running requests (decode, then wait for the batcher); more wait
 SERVE_MAX_BODY = 16 * 1024 * 1024    # bytes of one request body; more -> 413 (a phone photo is 2-8 MB)
+SERVE_MAX_HEADER = 16 * 1024         # bytes of a request line + headers; more -> 431 (browsers send < 2 kB)
 SERVE_REQUEST_TIMEOUT = 10.0         # seconds a request may wait for the model -> 504
-SERVE_READ_TIMEOUT = 10.0            # seconds of client silence while sending a request -> 408 (slow clients)
+SERVE_RECEIVE_TIMEOUT = 30.0         # seconds for a whole request, head and body, from its first byte -> 408 and
+                               # closed: an 8 MB phone photo at 4 Mbit/s takes 16 s; one byte every few seconds
+                               # no longer holds a connection forever (a per-read timeout never fired)
+SERVE_IDLE_TIMEOUT = 10.0            # seconds a keep-alive connection may stay silent between requests
+SERVE_MAX_PARTS = 16                 # parts of a multipart form; more -> 400 (the page sends one)
 RELOAD_POLL = 2.0              # seconds between looks for a new exported version
 SERVE_RETRY_AFTER = 1                # seconds, the Retry-After of a 503
+SERVE_LEARN_QUOTA = 1024 ** 3        # bytes of learned photos (data/review/ + uploads in data/raw/) serve.py --learn
+                               # keeps; beyond: 507. A flood stored 47 MB in 4 s without a limit (issue 14)
+LEARN_MIN_CONFIDENCE = 0.9     # --learn: an accepted photo goes into data/raw/ (training data, labelled by the model
+                               # itself) only from this confidence on; below, to data/review/ for a person. The
+                               # acceptance threshold is no gate for training data: with the background output
+                               # it is 0, and 69% of other landmarks' photos are accepted (README); a wrong label
+                               # learnt from itself is trained in as truth
 NEARBY = 5                     # attractions in a place answer
 NEARBY_KM = 30.0               # ...within this radius: with few attractions in the table, the nearest one was
                                # 1,159 km away (Victoria Memorial), no help to a visitor

@@ -1,23 +1,34 @@
 """Downloads with manners: one pooled session, bounded concurrency, timeouts, retries, a byte cap.
 
-Every web request of the project goes through a `Fetcher`, so that politeness (User-Agent, concurrency per host,
-Retry-After) and safety (http/https only, byte cap while streaming, content type and magic bytes) are decided in
-one place. A failure is a `FetchError` whose `reason` is a short word for the crawl's summary table.
+Every web request of the project goes through a `Fetcher`, so that politeness and safety are decided in one place:
+- concurrency per (lane, host): an engine names its lanes' limits (Commons: its media host at most 2 at a time,
+  as Wikimedia's robot policy asks; search/API requests one at a time); other hosts get `per_host`;
+- a host that answers 429 or Retry-After is paused as a whole (every thread waits), repeated 429s space its
+  requests further apart for the rest of the run, and a Retry-After longer than the cap stops that host with a
+  message naming the wait (never shortened);
+- a host that cannot be reached (DNS, refused, connect timeout) `CRAWL_HOST_DOWN_AFTER` times in a row is given
+  up for the run, so an offline crawl ends in seconds with the real cause;
+- http/https only, a byte cap while streaming, content type and magic bytes checked.
+A failure is a `FetchError` whose `reason` is a short word for the crawl's summary table; `HostStopped` (a
+FetchError) means the host will not be asked again in this run.
 """
 import email.message
 import email.utils
 import json
 import logging
+import os
 import random
+import re
 import threading
 import time
-from collections import defaultdict
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from locator.core import config
+from locator.core.errors import UserError
 from locator.core.images import sniff
 
 log = logging.getLogger(__name__)
@@ -25,6 +36,9 @@ log = logging.getLogger(__name__)
 # Content types a photo may arrive with. Servers that do not know (octet-stream, none) are given the benefit of
 # the doubt: the magic bytes decide.
 _IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
+_JSON_TYPES = ("application/json", "text/javascript", "text/json")
+_EMAIL = re.compile(r"^[^@\s();]+@[^@\s();]+\.[^@\s();]+$")
+_URL = re.compile(r"^https?://[^\s();]+\.[^\s();]+$")
 
 
 class FetchError(Exception):
@@ -35,35 +49,75 @@ class FetchError(Exception):
         self.reason, self.detail = reason, detail
 
 
-class _Retry(Exception):
-    """Internal: this attempt failed in a way worth another try (after `wait` seconds, if given)."""
+class HostStopped(FetchError):
+    """The host is not asked again in this run: unreachable, or it asked for a longer wait than a crawl makes."""
 
-    def __init__(self, error: FetchError, wait: float | None = None):
-        self.error, self.wait = error, wait
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth another try (after `wait` seconds, if the server said)."""
+
+    def __init__(self, error: FetchError, wait: float | None = None, throttled: bool = False):
+        self.error, self.wait, self.throttled = error, wait, throttled
+
+
+class _Host:
+    """What this run has learnt about one host (shared by all threads)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.lock = threading.Lock()
+        self.next_start = 0.0      # monotonic time before which no request starts (a pause, or the gap below)
+        self.gap = 0.0             # seconds between request starts; grows with each 429, for the rest of the run
+        self.unreachable = 0       # consecutive connection failures
+        self.stopped: HostStopped | None = None
+
+    def wait_turn(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_start)
+            self.next_start = start + self.gap
+        if start > now:
+            time.sleep(start - now)
+
+    def pause(self, seconds: float) -> None:
+        with self.lock:
+            self.next_start = max(self.next_start, time.monotonic() + seconds)
+
+    def stop(self, error: HostStopped) -> HostStopped:
+        with self.lock:
+            if self.stopped is None:
+                self.stopped = error
+                log.warning("%s", error.detail)
+            return self.stopped
 
 
 class Fetcher:
-    """One requests.Session shared by all worker threads, with global and per-host concurrency limits."""
+    """One requests.Session shared by all worker threads, with global and per-(lane, host) concurrency limits."""
 
     def __init__(self, workers: int = config.CRAWL_WORKERS, per_host: int = config.CRAWL_PER_HOST,
                  connect_timeout: float = config.CRAWL_CONNECT_TIMEOUT, read_timeout: float = config.CRAWL_READ_TIMEOUT,
                  retries: int = config.CRAWL_RETRIES, backoff: float = config.CRAWL_BACKOFF,
                  max_retry_after: float = config.CRAWL_MAX_RETRY_AFTER, max_bytes: int = config.CRAWL_MAX_BYTES,
                  max_redirects: int = config.MAX_REDIRECTS, deadline: float = config.DOWNLOAD_DEADLINE,
-                 user_agent: str = config.USER_AGENT):
+                 user_agent: str | None = None, limits: dict | None = None,
+                 down_after: int = config.CRAWL_HOST_DOWN_AFTER, slowdown_max: float = config.CRAWL_SLOWDOWN_MAX):
         self.timeout = (connect_timeout, read_timeout)
         self.retries, self.backoff, self.max_retry_after = retries, backoff, max_retry_after
         self.max_bytes, self.deadline = max_bytes, deadline
+        self.down_after, self.slowdown_max = down_after, slowdown_max
         self.session = requests.Session()
-        self.session.headers["User-Agent"] = user_agent
+        self.session.headers["User-Agent"] = user_agent or build_user_agent(config.CONTACT)
         self.session.max_redirects = max_redirects
+        # lane -> concurrency; a request in another lane (plain downloads) gets per_host
+        self.limits = {"api": config.API_PER_HOST, **(limits or {})}
+        self._per_host = per_host
         # No urllib3 retries: ours below honour Retry-After and release the concurrency slot while waiting.
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(workers, per_host) + 2, max_retries=0)
+        pool = max(workers, per_host, *self.limits.values()) + 2
+        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=pool, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._global = threading.BoundedSemaphore(workers)
-        self._per_host = per_host
-        self._hosts = defaultdict(lambda: threading.BoundedSemaphore(self._per_host))
+        self._slots, self._hosts = {}, {}
         self._hosts_lock = threading.Lock()
 
     def close(self) -> None:
@@ -76,73 +130,137 @@ class Fetcher:
         self.close()
 
     # --- public ---------------------------------------------------------------------------------------------
-    def get_json(self, url: str, params=None):
-        body, _ = self.get(url, params, accept=("application/json", "text/javascript", "text/json"))
-        try:
-            return json.loads(body)
-        except ValueError as e:
-            raise FetchError("bad_json", str(e)[:100])
+    def get_json(self, url: str, params=None, lane: str = "api", busy=()):
+        """The parsed JSON answer. An API error whose code is in `busy` (MediaWiki's maxlag, ratelimited: HTTP 200
+        with Retry-After) is waited out and retried like a 429, never taken for an empty answer."""
+        def parse(body, headers):
+            try:
+                data = json.loads(body)
+            except ValueError as e:
+                raise FetchError("bad_json", str(e))
+            err = data.get("error") if isinstance(data, dict) else None
+            code = err.get("code") if isinstance(err, dict) else None
+            if code in busy:
+                wait = retry_after(headers.get("Retry-After"))
+                raise _Retry(FetchError(f"api_{code}", str(err.get("info", ""))),
+                             wait if wait is not None else float(config.MAXLAG), throttled=code == "ratelimited")
+            return data
+        return self._get(url, params, _JSON_TYPES, lane, parse)
 
-    def get_text(self, url: str, params=None) -> str:
-        body, ctype = self.get(url, params, accept=("text/html", "application/xhtml"))
+    def get_text(self, url: str, params=None, lane: str = "api") -> str:
+        body, ctype = self._get(url, params, ("text/html", "application/xhtml"), lane)
         msg = email.message.Message()
         msg["Content-Type"] = ctype
         return body.decode(msg.get_content_charset() or "utf-8", errors="replace")
 
-    def get_image(self, url: str):
+    def get_image(self, url: str, lane: str = ""):
         """(bytes, ext) of a photo; the content type and the magic bytes must both say image."""
-        body, _ = self.get(url, accept=_IMAGE_TYPES)
+        body, _ = self._get(url, None, _IMAGE_TYPES, lane)
         return body, image_ext(body)
 
-    def get(self, url: str, params=None, accept=None):
+    def get(self, url: str, params=None, accept=None, lane: str = ""):
         """(body bytes, Content-Type header) of a GET, with retries. Raises FetchError."""
-        check_url(url)
-        for attempt in range(self.retries + 1):
-            try:
-                return self._attempt(url, params, accept)
-            except _Retry as r:
-                if attempt == self.retries:
-                    raise r.error
-                wait = r.wait if r.wait is not None else self.backoff * 2 ** attempt
-                # a little jitter, so that workers turned away together do not come back together
-                wait = min(wait, self.max_retry_after) + random.uniform(0, self.backoff / 4)
-                log.debug("retry %d for %s in %.2fs (%s)", attempt + 1, url, wait, r.error)
-                time.sleep(wait)
-        raise AssertionError("unreachable")
+        return self._get(url, params, accept, lane)
+
+    def host_state(self, url: str) -> _Host:
+        netloc = urlsplit(url).netloc.lower()
+        with self._hosts_lock:
+            if netloc not in self._hosts:
+                self._hosts[netloc] = _Host(netloc)
+            return self._hosts[netloc]
 
     # --- internals ------------------------------------------------------------------------------------------
-    def _host_slot(self, url: str) -> threading.BoundedSemaphore:
-        with self._hosts_lock:
-            return self._hosts[urlsplit(url).netloc.lower()]
-
-    def _attempt(self, url, params, accept):
-        # Host slot first, then the global one: a thread queued for a busy host holds no global slot.
-        with self._host_slot(url), self._global:
+    def _get(self, url, params, accept, lane, parse=None):
+        check_url(url)
+        host = self.host_state(url)
+        for attempt in range(self.retries + 1):
+            if host.stopped:
+                raise host.stopped
             try:
-                resp = self.session.get(url, params=params, timeout=self.timeout, stream=True)
-            except requests.exceptions.TooManyRedirects as e:
-                raise FetchError("redirects", str(e)[:100])
-            except requests.exceptions.InvalidSchema as e:  # e.g. a redirect to ftp:// or file://
-                raise FetchError("bad_url", str(e)[:100])
-            except requests.exceptions.ConnectTimeout as e:
-                raise _Retry(FetchError("timeout", f"connect: {str(e)[:80]}"))
-            except requests.exceptions.ReadTimeout as e:
-                # Not retried: a server slower than the read timeout is usually as slow again, and three more
-                # waits would stall a worker for minutes.
-                raise FetchError("timeout", f"read: {str(e)[:80]}")
-            except requests.exceptions.ConnectionError as e:
-                raise _Retry(FetchError("connection", str(e)[:100]))
-            except requests.exceptions.RequestException as e:
-                raise FetchError("request", f"{type(e).__name__}: {str(e)[:100]}")
-            with resp:
-                return self._read(resp, accept)
+                body, ctype, headers = self._attempt(url, params, accept, lane, host)
+                return parse(body, headers) if parse else (body, ctype)
+            except _Retry as r:
+                if host.stopped:
+                    raise host.stopped
+                if r.throttled:
+                    self._slow_down(host)
+                if r.wait is not None and r.wait > self.max_retry_after:
+                    raise host.stop(HostStopped("retry_after", _long_wait(host.name, r.wait, self.max_retry_after)))
+                if attempt == self.retries:
+                    raise r.error
+                # a little jitter, so that workers turned away together do not come back together
+                jitter = random.uniform(0, self.backoff / 4)
+                if r.wait is not None:  # the server said how long: the whole host waits, not only this thread
+                    host.pause(r.wait + jitter)
+                    log.debug("retry %d for %s: %s pauses %.2fs (%s)", attempt + 1, url, host.name, r.wait, r.error)
+                else:
+                    wait = self.backoff * 2 ** attempt + jitter
+                    log.debug("retry %d for %s in %.2fs (%s)", attempt + 1, url, wait, r.error)
+                    time.sleep(wait)
+        raise AssertionError("unreachable")
 
-    def _read(self, resp: requests.Response, accept):
+    def _slot(self, lane: str, netloc: str) -> threading.BoundedSemaphore:
+        with self._hosts_lock:
+            key = (lane, netloc)
+            if key not in self._slots:
+                self._slots[key] = threading.BoundedSemaphore(self.limits.get(lane, self._per_host))
+            return self._slots[key]
+
+    def _slow_down(self, host: _Host) -> None:
+        with host.lock:
+            old = host.gap
+            host.gap = min(max(2 * host.gap, self.backoff), self.slowdown_max)
+        if old == 0:
+            log.warning("%s answers 429 (too many requests): its requests are spaced %.2g s apart from now on, "
+                        "more after each further 429", host.name, host.gap)
+
+    def _unreachable(self, host: _Host, e: Exception) -> _Retry:
+        """A connection failure: counted; after down_after in a row the host is given up for the run."""
+        cause = connect_failure(e, self.timeout[0])
+        with host.lock:
+            host.unreachable += 1
+            n = host.unreachable
+        if n >= self.down_after:
+            host.stop(HostStopped("unreachable", f"cannot reach {host.name}: {cause}"))
+        return _Retry(FetchError("unreachable", f"{host.name}: {cause}"))
+
+    def _attempt(self, url, params, accept, lane, host: _Host):
+        # Host slot first, then the global one: a thread queued for a busy host holds no global slot.
+        with self._slot(lane, host.name):
+            host.wait_turn()
+            with self._global:
+                if host.stopped:
+                    raise host.stopped
+                try:
+                    resp = self.session.get(url, params=params, timeout=self.timeout, stream=True)
+                except requests.exceptions.TooManyRedirects as e:
+                    raise FetchError("redirects", str(e))
+                except requests.exceptions.InvalidSchema as e:  # e.g. a redirect to ftp:// or file://
+                    raise FetchError("bad_url", str(e))
+                except requests.exceptions.ConnectTimeout as e:
+                    raise self._unreachable(host, e)
+                except requests.exceptions.ReadTimeout as e:
+                    # Not retried: a server slower than the read timeout is usually as slow again, and three
+                    # more waits would stall a worker for minutes.
+                    raise FetchError("timeout", f"read: {e}")
+                except requests.exceptions.ConnectionError as e:
+                    if connect_failure(e, self.timeout[0], strict=True):
+                        raise self._unreachable(host, e)
+                    raise _Retry(FetchError("connection", str(e)))  # e.g. a reset: the host is there
+                except requests.exceptions.RequestException as e:
+                    raise FetchError("request", f"{type(e).__name__}: {e}")
+                with host.lock:
+                    host.unreachable = 0
+                with resp:
+                    return self._read(resp, accept, host)
+
+    def _read(self, resp: requests.Response, accept, host: _Host):
         status = resp.status_code
         if status == 429 or status >= 500:
-            raise _Retry(FetchError(f"http_{status}"), retry_after(resp.headers.get("Retry-After")))
+            raise _Retry(FetchError(f"http_{status}"), retry_after(resp.headers.get("Retry-After")),
+                         throttled=status == 429)
         if status != 200:
-            raise FetchError(f"http_{status}")
+            raise FetchError(f"http_{status}", _first_line(resp))
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if accept and ctype and not ctype.startswith(tuple(accept)):
             raise FetchError("bad_type", ctype)
@@ -161,10 +279,80 @@ class Fetcher:
                 chunks.append(chunk)
         except requests.exceptions.ConnectionError as e:  # urllib3 wraps read timeouts mid-body in this
             reason = "timeout" if "timed out" in str(e).lower() else "connection"
-            raise FetchError(reason, str(e)[:100])
+            raise FetchError(reason, str(e))
         except requests.exceptions.RequestException as e:
-            raise FetchError("connection", f"{type(e).__name__}: {str(e)[:100]}")
-        return b"".join(chunks), resp.headers.get("Content-Type", "")
+            raise FetchError("connection", f"{type(e).__name__}: {e}")
+        return b"".join(chunks), resp.headers.get("Content-Type", ""), resp.headers
+
+
+def _first_line(resp) -> str:
+    """The start of an error page (e.g. Wikimedia's 'Use thumbnail steps listed on ...'), for the debug log."""
+    try:
+        return next(iter(resp.iter_content(300)), b"").decode("utf-8", "replace").strip().splitlines()[0][:200]
+    except (requests.exceptions.RequestException, IndexError):
+        return ""
+
+
+def _long_wait(host: str, wait: float, cap: float) -> str:
+    until = time.strftime("%H:%M", time.localtime(time.time() + wait))
+    return (f"{host} asks us to wait {wait:.0f} s (Retry-After), longer than the {cap:g} s a crawl waits: "
+            f"stopped asking it; run the crawl again after {until}")
+
+
+def _causes(e):
+    """The exception and everything it wraps (requests -> urllib3 MaxRetryError -> NewConnectionError -> OSError)."""
+    seen = []
+    while e is not None and e not in seen and len(seen) < 10:
+        seen.append(e)
+        nxt = getattr(e, "reason", None) if isinstance(e, urllib3.exceptions.MaxRetryError) else None
+        if nxt is None and e.args and isinstance(e.args[0], BaseException):
+            nxt = e.args[0]
+        e = nxt or e.__cause__ or e.__context__
+    return seen
+
+
+def connect_failure(e: Exception, connect_timeout: float, strict: bool = False) -> str:
+    """Why a connection could not be made, in words ("name resolution failed ([Errno -2] ...)"), or "" (strict)
+    when the failure came after the connection was made (a reset, a closed keep-alive connection)."""
+    chain = _causes(e)
+    # Order matters: in urllib3 2, NameResolutionError is a NewConnectionError, which is a ConnectTimeoutError.
+    for c in chain:
+        if isinstance(c, urllib3.exceptions.NameResolutionError):
+            errno = re.search(r"\(\[Errno [^\]]*\][^)]*\)", str(c))
+            return "name resolution failed" + (f" {errno.group(0)}" if errno else "")
+    for c in chain:
+        if isinstance(c, ConnectionRefusedError) or "Connection refused" in str(c):
+            return "connection refused"
+        if isinstance(c, urllib3.exceptions.NewConnectionError):  # unreachable network, no route to host, ...
+            return str(c).split("Failed to establish a new connection: ", 1)[-1]
+    for c in chain:
+        if isinstance(c, (requests.exceptions.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)):
+            return f"no answer within {connect_timeout:g} s (connect timeout)"
+    return "" if strict else str(e)
+
+
+def build_user_agent(contact: str) -> str:
+    """Wikimedia's User-Agent shape: `<client>/<version> (<contact>) <library>/<version>`."""
+    return f"{config.USER_AGENT_CLIENT} ({contact}) python-requests/{requests.__version__}"
+
+
+_warned_default = False
+
+
+def resolve_contact(flag: str | None = None) -> str:
+    """The operator's contact: --contact, else $LANDMARK_CONTACT, else the project's page (warned once)."""
+    global _warned_default
+    value = (flag or os.environ.get(config.CONTACT_ENV) or "").strip() or config.CONTACT
+    if not (_EMAIL.match(value) or _URL.match(value)):
+        where = "--contact" if flag else f"${config.CONTACT_ENV}"
+        raise UserError(f"{where} {value!r}: give an email address or an http(s) URL that you read (it goes into "
+                        "the User-Agent, as Wikimedia's User-Agent policy asks)")
+    if value == config.CONTACT and not _warned_default:
+        _warned_default = True
+        log.warning("no --contact or $%s: the User-Agent names the project's page, not you; Wikimedia limits "
+                    "clients without an operator contact more strictly (e.g. --contact you@example.org)",
+                    config.CONTACT_ENV)
+    return value
 
 
 def check_url(url: str) -> None:

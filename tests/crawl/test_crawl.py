@@ -27,7 +27,7 @@ from locator.core import places
 from locator.core.cli import run  # noqa: E402
 from locator.core.fsio import TMP_PREFIX, read_jsonl  # noqa: E402
 from locator.crawl import crawler, engines  # noqa: E402
-from locator.crawl.fetch import Fetcher, FetchError, retry_after  # noqa: E402
+from locator.crawl.fetch import Fetcher, HostStopped, build_user_agent, retry_after  # noqa: E402
 from locator.crawl.rawstore import sha256  # noqa: E402
 from tools.search_server import SearchServer  # noqa: E402
 
@@ -346,13 +346,16 @@ def test_429_retry_after_is_honoured(tmp_path, search, web):
     assert ext == "jpg" and 0.95 <= time.monotonic() - t0 < 3
 
 
-def test_retry_after_is_capped(web):
+def test_a_retry_after_over_the_cap_stops_the_host_and_is_never_shortened(web):
     web.expect_request("/never.jpg").respond_with_data("later", status=429, headers={"Retry-After": "3600"})
     t0 = time.monotonic()
-    with Fetcher(**{**FAST, "max_retry_after": 0.1}) as f, pytest.raises(FetchError) as e:
-        f.get_image(web.url_for("/never.jpg"))
-    assert e.value.reason == "http_429" and time.monotonic() - t0 < 2
-    assert len(web.log) == 3  # the first try and two retries
+    with Fetcher(**{**FAST, "max_retry_after": 0.1}) as f:
+        with pytest.raises(HostStopped) as e:
+            f.get_image(web.url_for("/never.jpg"))
+        assert e.value.reason == "retry_after" and "asks us to wait 3600 s (Retry-After)" in e.value.detail
+        with pytest.raises(HostStopped):  # not asked again in this run: no second request
+            f.get_image(web.url_for("/never.jpg"))
+    assert time.monotonic() - t0 < 2 and len(web.log) == 1
 
 
 def test_retry_after_header_forms():
@@ -367,15 +370,15 @@ def test_connection_refused_is_retried_then_counted(tmp_path, search):
     dead.stop()  # nobody listens on that port any more
     server = search({"alpha": 2}, extra={"alpha": [url]})
     [rep] = run_crawl(table(tmp_path, "alpha", "beta"), server.api_url, tmp_path / "raw", 2)[:1]
-    assert (rep.saved, dict(rep.failed)) == (2, {"connection": 1})
+    assert (rep.saved, dict(rep.failed)) == (2, {"unreachable": 1})  # a download host down is no search failure
 
 
 def test_user_agent_names_the_project(web):
-    web.expect_request("/ua.jpg", headers={"User-Agent": crawl.config.USER_AGENT}).respond_with_data(
-        jpeg(1), content_type="image/jpeg")
+    ua = build_user_agent(crawl.config.CONTACT)
+    web.expect_request("/ua.jpg", headers={"User-Agent": ua}).respond_with_data(jpeg(1), content_type="image/jpeg")
     with Fetcher(**FAST) as f:
         f.get_image(web.url_for("/ua.jpg"))
-    assert "LandmarkLocator" in crawl.config.USER_AGENT and "http" in crawl.config.USER_AGENT
+    assert ua.startswith("LandmarkLocator/") and f"({crawl.config.CONTACT}) python-requests/" in ua
 
 
 def test_concurrency_is_bounded_per_host_and_globally():

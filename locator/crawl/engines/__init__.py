@@ -8,6 +8,8 @@ An engine module defines
 and may define
     fetch(candidate, fetcher) -> (bytes, ext)
                       how to get a candidate's bytes (default: an http(s) download through the Fetcher)
+    LIMITS            {lane: concurrent requests per host} for the Fetcher, e.g. Commons' {"media": 2}: the
+                      limits the service itself sets. Search requests use the lane "api" (one at a time).
 
 A new engine is a new module in this package; the crawler finds it by name and nothing else changes.
 """
@@ -39,3 +41,10 @@ def fetch(engine, candidate: Candidate, fetcher):
     """(bytes, ext) of a candidate, by the engine's own fetch if it has one."""
     own = getattr(engine, "fetch", None)
     return own(candidate, fetcher) if own else fetcher.get_image(candidate.url)
+
+
+def limits(engine, per_host: int | None = None) -> dict:
+    """The Fetcher's lane limits for an engine; an explicit --per-host replaces the engine's download limits
+    (for a mirror of one's own), never the one-at-a-time of search requests."""
+    lanes = dict(getattr(engine, "LIMITS", {}))
+    return {lane: per_host for lane in lanes} if per_host else lanes

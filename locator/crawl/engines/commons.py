@@ -2,8 +2,13 @@
 
 One request per page of results: generator=search over the File namespace (6), with prop=imageinfo giving each
 file's URLs, size, MIME type and extmetadata (licence, author) and, because of iiurlwidth, a thumbnail URL. We
-download the thumbnail: a 640 px JPEG is plenty for 64x64 training and a fraction of an original's bytes.
+download the thumbnail: a 500 px JPEG is plenty for 64x64 training and a fraction of an original's bytes (500 is
+one of the standard widths Wikimedia serves since 2025; others are rounded up by the API or refused).
 Paging follows the API's `continue` object as documented: copy all of it into the next request.
+
+Politeness, as Wikimedia's API etiquette and robot policy ask: API requests one at a time with maxlag=5 (an
+answer `maxlag` or `ratelimited` is waited out and retried, not taken for "no results"), and at most
+COMMONS_MEDIA_PER_HOST downloads at a time from the media host (the "media" lane below).
 """
 from bs4 import BeautifulSoup
 
@@ -13,6 +18,8 @@ from locator.crawl.fetch import FetchError
 
 NAME = "commons"
 DEFAULT_ENDPOINT = config.COMMONS_API
+LIMITS = {"media": config.COMMONS_MEDIA_PER_HOST}   # lane -> concurrent requests per host (fetch.Fetcher)
+BUSY = ("maxlag", "ratelimited")                      # API errors that mean "wait and ask again"
 
 
 def search(place, term, endpoint, fetcher, page_size: int = config.SEARCH_PAGE):
@@ -23,14 +30,16 @@ def search(place, term, endpoint, fetcher, page_size: int = config.SEARCH_PAGE):
         "gsrsearch": f"filetype:bitmap {term}",
         "prop": "imageinfo", "iiprop": "url|size|mime|extmetadata", "iiurlwidth": str(config.THUMB_WIDTH),
         "iiextmetadatafilter": "LicenseShortName|Artist",  # the two fields we keep: smaller answers
+        "maxlag": str(config.MAXLAG),
     }
     cont = {}
     for _ in range(config.MAX_SEARCH_PAGES):
-        data = fetcher.get_json(endpoint, {**params, **cont})
+        data = fetcher.get_json(endpoint, {**params, **cont}, lane="api", busy=BUSY)
         if not isinstance(data, dict):
             raise FetchError("bad_json", "the API answer is not a JSON object")
         if "error" in data:
-            raise FetchError("api_error", str(data["error"].get("info", data["error"]))[:120])
+            err = data["error"] if isinstance(data["error"], dict) else {"info": data["error"]}
+            raise FetchError(f"api_{err.get('code', 'error')}", str(err.get("info", err)))
         pages = (data.get("query") or {}).get("pages") or []
         if isinstance(pages, dict):  # formatversion=1 answers: {pageid: page}
             pages = list(pages.values())
@@ -42,6 +51,11 @@ def search(place, term, endpoint, fetcher, page_size: int = config.SEARCH_PAGE):
         if "continue" not in data:
             return
         cont = data["continue"]
+
+
+def fetch(candidate, fetcher):
+    """Thumbnails come from Wikimedia's media host: its own lane, at most COMMONS_MEDIA_PER_HOST at a time."""
+    return fetcher.get_image(candidate.url, lane="media")
 
 
 def _candidate(page):
