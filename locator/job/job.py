@@ -32,6 +32,7 @@ from pathlib import Path
 from locator.core import config, places
 from locator.core.errors import Busy, UserError
 from locator.core.fsio import atomic_write_json, exclusive, now_iso
+from locator.core.metrics import summary
 from locator.core.tables import format_table
 from locator.crawl.rawstore import RawFolder
 from locator.data import dataset
@@ -291,7 +292,7 @@ class Job:
             old, reason = None, ""
             if cur is None:
                 reason = "no current model yet"
-                new = {k: cand_meta["metrics"][k] for k in ("test_accuracy", "macro_f1", "test_photos")}
+                new = summary(cand_meta["metrics"])
                 rec["note"] = "candidate's metrics from cnn.py (same test split); nothing to compare with"
             else:
                 new = decide.score(cand, x, y, classes)
