@@ -35,6 +35,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--engine", choices=engines.names(), help=f"crawl.py --engine ({config.ENGINE})")
     g.add_argument("--api-url", help="crawl.py --api-url: a mirror or a local search server")
     g.add_argument("--source", type=Path, help="crawl.py --source (for --engine folder)")
+    g.add_argument("--contact", help=f"crawl.py --contact: your email or a URL you read, for the User-Agent "
+                   f"(default ${config.CONTACT_ENV}, else the project's page)")
     g.add_argument("--per-place", type=int, help=f"crawl.py --per-place: photos a place should have "
                    f"({config.PER_PLACE}); raise it to collect more")
     g.add_argument("--per-query", type=int, help=f"crawl.py --per-query: photos a background query should have "
@@ -44,7 +46,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--no-crawl", action="store_true", help="skip the crawl: use the photos in data/raw as they are")
     g.add_argument("--size", type=int, help=f"preprocess.py --size ({config.SIZE})")
     g.add_argument("--resize-mode", choices=config.RESIZE_MODES, help=f"preprocess.py ({config.RESIZE_MODE})")
-    g.add_argument("--arch", choices=("compact", "paper"), help=f"cnn.py --arch ({config.ARCH})")
+    g.add_argument("--arch", choices=config.ARCHS, help=f"cnn.py --arch ({config.ARCH})")
     g.add_argument("--epochs", type=int, help=f"cnn.py --epochs ({config.EPOCHS})")
     for step, script in (("crawl", "crawl.py"), ("preprocess", "preprocess.py"), ("dataset", "dataset.py"),
                          ("cnn", "cnn.py")):

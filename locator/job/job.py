@@ -205,9 +205,14 @@ class Job:
         if self.cfg.no_crawl:
             self.report["steps"]["crawl"] = {"status": "skipped", "reason": "--no-crawl", "seconds": 0.0}
         elif self.step("crawl", self.cmd["crawl"], warn=(1,)) == 1:
+            why = steps.crawl_cause(self.folder / "crawl.log")
+            if not any(RawFolder(raw / p.index).count() for p in self.table):
+                # nothing to go on with: say so here, not as "no processed photos" three steps later
+                self.report["steps"]["crawl"]["status"] = "failed"
+                raise steps.StepFailed(f"crawl collected nothing ({why}) and {raw} is empty: check the network, "
+                                       "or use --engine folder --source DIR")
             # exit 1: the source gave nothing (offline, exhausted); the photos we have are still good to use
-            log.warning("crawl collected nothing (%s); going on with the photos already there",
-                        steps.last_error(self.folder / "crawl.log"))
+            log.warning("crawl collected nothing (%s); going on with the photos already there", why)
         for p in self.table:
             now = RawFolder(raw / p.index).count()
             self.report["photos"][p.index] = {"name": p.name, "raw_before": before[p.index],

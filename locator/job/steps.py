@@ -21,7 +21,7 @@ SCRIPTS = {"crawl": "crawl.py", "preprocess": "preprocess.py", "dataset": "datas
 EXTRA = {"crawl": "crawl_args", "preprocess": "preprocess_args", "dataset": "dataset_args", "train": "cnn_args"}
 # pipeline flags handed on to a step when given (else the step's own default, from config.py, applies)
 # (a switch such as no_background is handed on when set)
-PASSED = {"crawl": ("engine", "api_url", "source", "per_place", "per_query", "no_background"),
+PASSED = {"crawl": ("engine", "api_url", "source", "per_place", "per_query", "no_background", "contact"),
           "preprocess": ("size", "resize_mode"), "dataset": (), "train": ("arch", "epochs")}
 
 
@@ -100,6 +100,15 @@ def last_error(log_path: Path) -> str:
         return ""
     errors = [ln for ln in lines if ln.startswith("error:") or " ERROR " in ln]
     return (errors or lines or [""])[-1]
+
+
+def crawl_cause(log_path: Path) -> str:
+    """Why crawl.py collected nothing, from its last error line ("nothing could be collected: <cause>")."""
+    line = last_error(log_path)
+    for marker in ("nothing could be collected: ", "the crawl stopped early: "):
+        if marker in line:
+            return line.split(marker, 1)[1]
+    return line.split(": ", 1)[-1] if " ERROR " in line else line or "no reason logged"
 
 
 def epochs_logged(run: Path) -> int:

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -399,3 +400,34 @@ def test_config_file_settings_relative_paths_and_command_line_on_top(tmp_path):
     conf.write_text("per-place = 'many'\n")
     with pytest.raises(UserError, match="--config .*--per-place"):
         script.parse_args(["--config", str(conf)])
+
+
+@pytest.mark.parametrize("down", ["refused", "unresolvable"])
+def test_an_offline_first_run_fails_at_the_crawl_naming_the_cause(tmp_path, down):
+    """A fresh data folder and no network: the run ends within seconds on the crawl's real cause, not three steps
+    later on "no processed photos"."""
+    if down == "refused":
+        with socket.socket() as s:  # a port nobody listens on once this socket is closed
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url, cause = f"http://127.0.0.1:{port}/w/api.php", f"cannot reach 127.0.0.1:{port}: connection refused"
+    else:
+        url, cause = "http://landmark-locator.invalid/w/api.php", \
+            "cannot reach landmark-locator.invalid: name resolution failed"
+    rows = [[f"{i:02x}", f"Spot {i}", f"spot {i}; landmark {i}; old spot {i}", 10.0 + i, 20.0, "", ""]
+            for i in range(12)]
+    places.write(tmp_path / "places.xlsx", rows)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, str(REPO / "pipeline.py"), "--places", str(tmp_path / "places.xlsx"),
+                        "--data", str(tmp_path / "data"), "--models", str(tmp_path / "models"),
+                        "--logs", str(tmp_path / "logs"), "--api-url", url, "--no-progress"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t0
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    decision = [ln for ln in r.stdout.splitlines() if ln.startswith("decision: ")]
+    assert decision and decision[-1].startswith(f"decision: failed: crawl collected nothing ({cause}") \
+        and decision[-1].endswith("is empty: check the network, or use --engine folder --source DIR"), r.stdout
+    (rep,) = reports(tmp_path)
+    assert rep["steps"]["crawl"]["status"] == "failed" and "preprocess" not in rep["steps"]
+    assert took < 60, took  # was 168 s of DNS failures for the shipped table, then a misleading dataset error
+    print(f"offline pipeline run ({down}): {took:.1f} s")
