@@ -6,10 +6,13 @@ A crash between rename and append leaves an orphan; `reconcile()` quarantines it
 is fetched again and numbered anew. Temp files from a crash are partial downloads and are removed.
 Rejected files are never deleted: `quarantine()` moves them to data/rejected/<reason>/ and lists them in
 data/rejected.csv.
+Photos a person copies into such a folder by hand are registered by `adopt()` (preprocess.py calls it): renamed
+into the numbering, with a manifest line of source "manual" that keeps the person's file name.
 """
 import csv
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -19,9 +22,15 @@ from pathlib import Path
 
 from locator.core import config
 from locator.core.fsio import TMP_PREFIX, append_jsonl, fsync_path, lock_for, now_iso, read_jsonl_from
+from locator.core.images import sniff
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
-SOURCES = ("commons", "bing", "folder", "user")
+SOURCES = ("commons", "bing", "folder", "user", "manual")
+# files a person may copy in by hand that are photos by their name (their bytes may still be broken: preprocess
+# quarantines those like any other); a file that is neither named nor shaped like a photo is left alone
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 RECORD_KEYS = ("file", "sha256", "bytes", "width", "height", "source", "url", "page", "licence", "author", "added")
 _NUMBERED = re.compile(r"^(\d{6})\.[a-z0-9]+$")
 
@@ -138,6 +147,65 @@ class RawFolder:
                 elif _NUMBERED.match(p.name) and p.name not in listed:
                     moved.append(quarantine(data_root, p, "orphan", "file without a manifest line (interrupted run)"))
         return moved
+
+
+def adopt(folder, data_root) -> list:
+    """Register the photos a person copied by hand into `folder` (any folder of this layout: data/raw/<index>/,
+    data/background/<folder>/). Returns the new manifest records.
+
+    Each file the manifest does not list (not hidden, not ours: temp files, manifest, locks) is renamed into the
+    numbering (a file already named like 000042.jpg keeps its name) and gets a line with source "manual" and
+    `original_name`, the person's file name. Bytes the folder already holds are quarantined as `duplicate`;
+    decoding is preprocess's, so a broken photo is quarantined there like any other. Under the manifest lock, so a
+    crawl or an upload adding photos at the same time is safe; killed between a rename and its line, the file is
+    adopted again at the next call (under its new number).
+    """
+    rf = RawFolder(folder)
+    if not rf.folder.is_dir():
+        return []
+    added = []
+    with _thread_lock(rf.manifest), lock_for(rf.manifest):
+        records = rf.records()
+        listed = {r["file"] for r in records}
+        by_sha = {r["sha256"]: r["file"] for r in records if "sha256" in r}
+        for path in sorted(rf.folder.iterdir()):
+            name = path.name
+            if name in listed or name.startswith((".", TMP_PREFIX)) or name.startswith(MANIFEST) \
+                    or not path.is_file():
+                continue
+            data = path.read_bytes()
+            ext = sniff(data[:16]) or (path.suffix.lower()[1:] if path.suffix.lower() in PHOTO_SUFFIXES else None)
+            if ext is None:
+                log.warning("%s: not a photo (by its name or its bytes): left where it is", path)
+                continue
+            digest = sha256(data)
+            if digest in by_sha:
+                quarantine(data_root, path, "duplicate", f"added by hand: the same bytes as {by_sha[digest]}")
+                continue
+            target = name if _NUMBERED.match(name) else f"{rf._next_number():06d}.{ext}"
+            width, height = _header_size(data)
+            os.replace(path, rf.folder / target)
+            record = {"file": target, "sha256": digest, "bytes": len(data), "width": width, "height": height,
+                      "source": "manual", "url": "", "page": "", "licence": "", "author": "", "added": now_iso(),
+                      "original_name": name}
+            append_jsonl(rf.manifest, [record], lock=False, fsync=False)
+            listed.add(target)
+            by_sha[digest] = target
+            added.append(record)
+        if added:
+            fsync_path(rf.manifest)
+    return added
+
+
+def _header_size(data: bytes) -> tuple:
+    """(width, height) from the image header, without decoding; (0, 0) when Pillow cannot read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # a broken file: preprocess decodes it and says why
+        return 0, 0
 
 
 def _writer_alive(tmp_name: str) -> bool:

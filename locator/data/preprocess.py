@@ -40,7 +40,7 @@ import imagehash
 from locator.core import config, images
 from locator.core.errors import UserError
 from locator.core.fsio import TMP_PREFIX, append_jsonl, atomic_path, exclusive, now_iso, read_jsonl, rewrite_jsonl
-from locator.crawl.rawstore import RawFolder, quarantine
+from locator.crawl.rawstore import RawFolder, adopt, quarantine
 from locator.data.groups import CONFLICT, group_keys, near_pairs, resolve, set_status  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,11 @@ def _run_locked(data, table, opt, manifest) -> Summary:
     carried, todo = [], []
     for folder, index, extra in _sources(data, table):
         rel = folder.relative_to(data).as_posix()
+        adopted = adopt(folder, data)  # photos a person copied in by hand: listed, then treated like any
+        if adopted:
+            log.info("%s: %d photo(s) added by hand adopted (source manual), e.g. %s -> %s", rel, len(adopted),
+                     adopted[0]["original_name"], adopted[0]["file"])
+            summary.changed = True
         for raw in RawFolder(folder).records():
             raw_file = f"{rel}/{raw['file']}"
             # Where the label came from, refreshed on every run (the raw manifest is the truth about it).

@@ -263,3 +263,36 @@ def test_a_new_min_side_applies_to_old_photos_without_decoding_them(data, table)
     m = manifest(data)
     assert sum(s.new.values()) == 0 and m[small]["reason"] == "too_small" and m[big]["status"] == "kept"
     assert not (data / small).exists() and not (data / preprocess.processed_path(small)).exists()
+
+
+def test_photos_added_by_hand_are_adopted_then_treated_like_any(data, table):
+    crawled = fill(data, "00", [1, 2])
+    hand = data / "raw" / "00"
+    (hand / "IMG_0001.JPG").write_bytes(encode(photo(3)))                  # a good photo
+    (hand / "broken.jpg").write_bytes(b"not really a photo\n" * 8)           # named like one, bytes are not
+    (hand / "copy of 1.jpg").write_bytes((data / crawled[0]).read_bytes())   # the same bytes as a crawled one
+    (hand / "notes.txt").write_text("where I took these")                    # no photo at all: left alone
+    other = data / "raw" / "02"                                              # a folder a person made: no manifest
+    other.mkdir(parents=True)
+    (other / "holiday.png").write_bytes(encode(photo(3), "PNG", optimize=False))  # place 00's photo again
+    (other / "tower.jpg").write_bytes(encode(photo(4)))
+    s = run(data, table)
+
+    lines = {r["original_name"]: r for r in read_jsonl(hand / "manifest.jsonl") if r["source"] == "manual"}
+    assert set(lines) == {"IMG_0001.JPG", "broken.jpg"}
+    assert lines["IMG_0001.JPG"]["file"] == "000003.jpg" and lines["IMG_0001.JPG"]["width"] == 96
+    assert (hand / "notes.txt").exists() and not (hand / "IMG_0001.JPG").exists()
+    m = manifest(data)
+    listed = {row["file"]: row["reason"] for row in rejected_rows(data)}
+    assert listed["raw/00/copy of 1.jpg"] == "duplicate"                       # exact copy: quarantined, not lost
+    assert listed[f"raw/00/{lines['broken.jpg']['file']}"] == "not_image"     # broken: quarantined by decode
+    assert list((data / "rejected" / "duplicate").glob("00_copy of 1.jpg"))
+    two = {r["original_name"]: r["file"] for r in read_jsonl(other / "manifest.jsonl")}
+    assert set(two) == {"holiday.png", "tower.jpg"}
+    assert m[f"raw/02/{two['tower.jpg']}"]["status"] == "kept"
+    # the same picture under two places (same pixels, other bytes): the usual cross-place conflict
+    assert m[f"raw/02/{two['holiday.png']}"]["reason"] == preprocess.CONFLICT
+    assert m["raw/00/000003.jpg"]["status"] == "rejected"
+    assert s.count("02", "kept") == 1
+    again = run(data, table)  # nothing new: adoption happens once
+    assert not again.changed and len(read_jsonl(hand / "manifest.jsonl")) == 4
