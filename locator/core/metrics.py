@@ -4,6 +4,10 @@ import numpy as np
 
 from locator.core.tables import format_table
 
+# The headline numbers of a test: metadata.json's `metrics`, the candidate's and current model's in pipeline.py's
+# report
+SUMMARY_KEYS = ("test_accuracy", "macro_f1", "macro_precision", "macro_recall", "test_photos")
+
 
 def confusion(y_true, y_pred, n: int) -> np.ndarray:
     m = np.zeros((n, n), dtype=np.int64)
@@ -34,6 +38,11 @@ def classification_metrics(y_true, y_pred, classes) -> dict:
         "per_place": per_place,
         "confusion": {"labels": [c["name"] for c in classes], "matrix": cm.tolist()},
     }
+
+
+def summary(metrics: dict) -> dict:
+    """The SUMMARY_KEYS of classification_metrics (or of metadata.json's `metrics`)."""
+    return {k: metrics[k] for k in SUMMARY_KEYS}
 
 
 def summary_table(metrics: dict) -> str:

@@ -7,15 +7,14 @@ METRICS = ("test_accuracy", "macro_f1")   # what the promotion rule compares
 
 def score(run, x, y, classes) -> dict:
     """A run's test metrics on (x, y), computed here the same way for the candidate and the current model."""
-    from locator.core.metrics import classification_metrics
+    from locator.core.metrics import classification_metrics, summary
     from locator.train import finish
 
     runs.env_threads()
     net, _ = runs.load(run)
     probs = finish.predict(net, x)[:, :len(classes)]  # a background output is no answer on a closed test set
     m = classification_metrics(y, probs.argmax(1), classes)
-    return {k: m[k] for k in ("test_accuracy", "macro_f1", "macro_precision", "macro_recall", "test_photos")} \
-        | {"per_place_f1": {p["index"]: p["f1"] for p in m["per_place"] if p["support"]}}
+    return summary(m) | {"per_place_f1": {p["index"]: p["f1"] for p in m["per_place"] if p["support"]}}
 
 
 def comparable(meta: dict, classes, input_size) -> str:

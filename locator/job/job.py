@@ -202,6 +202,7 @@ class Job:
         """Crawl (top the folders up), counting photos per place before and after from the manifests."""
         raw = config.raw_dir(self.cfg.data)
         before = {p.index: RawFolder(raw / p.index).count() for p in self.table}
+        bg_before = self._background_count()
         if self.cfg.no_crawl:
             self.report["steps"]["crawl"] = {"status": "skipped", "reason": "--no-crawl", "seconds": 0.0}
         elif self.step("crawl", self.cmd["crawl"], warn=(1,)) == 1:
@@ -217,7 +218,14 @@ class Job:
             now = RawFolder(raw / p.index).count()
             self.report["photos"][p.index] = {"name": p.name, "raw_before": before[p.index],
                                               "raw_added": now - before[p.index], "raw": now}
+        now = self._background_count()
+        self.report["background_photos"] = {"raw_before": bg_before, "raw_added": now - bg_before, "raw": now}
         self.save()
+
+    def _background_count(self) -> int:
+        """Photos in data/background/ for the table's background sheet (none of our places)."""
+        root = config.background_dir(self.cfg.data)
+        return sum(RawFolder(root / b.folder).count() for b in self.table.background)
 
     def build(self) -> str:
         """Preprocess (new photos only) and pack the dataset (stable splits); returns its fingerprint."""

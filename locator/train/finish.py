@@ -6,7 +6,7 @@ import numpy as np
 
 from locator.core import config
 from locator.core.fsio import atomic_path, atomic_write_json, now_iso
-from locator.core.metrics import classification_metrics
+from locator.core.metrics import classification_metrics, summary
 from locator.runs import runs
 from locator.train import evaluate
 from locator.train.fit import Data, Settings, uses_background
@@ -70,8 +70,7 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
         "background": uses_background(data, s),
         "dataset_fingerprint": data.fingerprint,
         "unknown": unknown,
-        "metrics": {k: metrics[k] for k in ("test_accuracy", "macro_f1", "macro_precision", "macro_recall",
-                                            "test_photos")} | {"train_seconds": round(seconds, 1)},
+        "metrics": summary(metrics) | {"train_seconds": round(seconds, 1)},
         "training": {"batch": s.batch, "lr": s.lr, "weight_decay": s.weight_decay,
                      "label_smoothing": s.label_smoothing, "augment": s.augment, "cutmix": s.cutmix, "seed": s.seed,
                      **s.extra},
@@ -80,24 +79,42 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
 
 
 def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:
-    """The "not one of our places" threshold, set on the validation split so that `true_accept` of its photos
-    are still accepted (predictor.acceptance is the rule). The false-accept rate is measured on the validation
-    negatives, and on the test split's places and negatives for the record. predict.py and serve.py read it
-    from metadata.json."""
-    from locator.predict.predictor import acceptance, accepted
+    """The "not one of our places" rule, set on the validation split: for each score predictor.acceptance offers
+    (one without a background output), the threshold that keeps `true_accept` of the validation place photos;
+    the score kept is the one that then accepts the fewest validation background photos. False-accept rates are
+    recorded per kind of background (landmark, everyday) and on the test split for the record. predict.py and
+    serve.py read score and threshold from metadata.json."""
+    from locator.predict.predictor import SCORES, acceptance, accepted
 
     bg, n = uses_background(data, s), len(data.classes)
-    _, score = acceptance(predict(net, data.x["val"]), n, bg)
-    threshold = float(np.quantile(score, 1 - true_accept))
-    threshold = round(threshold, 6)
-    out = {"score": "max_softmax" + ("+background" if bg else ""), "threshold": threshold,
-           "true_accept": round(float(accepted(score, threshold).mean()), 4), "false_accept": None,
-           "calibrated_on": "val"}
-    _, test_score = acceptance(predict(net, data.x["test"]), n, bg)
+    val = predict(net, data.x["val"])
+    neg = {split: predict(net, data.neg[split]) for split in ("val", "test") if len(data.neg.get(split, ()))}
+    kinds = getattr(data, "neg_kind", None) or {}
+
+    def rates(score: str, threshold: float, split: str, probs) -> dict:
+        _, sc = acceptance(probs, n, bg, score)
+        ok = accepted(sc, threshold)
+        out = {f"{split}_negatives_false_accept": round(float(ok.mean()), 4)}
+        kind = np.asarray(kinds.get(split, ()))
+        for k in sorted(set(kind.tolist())) if len(kind) == len(ok) else ():
+            out[f"{split}_{k}_false_accept"] = round(float(ok[kind == k].mean()), 4)
+        return out
+
+    candidates = []
+    for score in (SCORES if bg else ("max_softmax",)):
+        _, sc = acceptance(val, n, bg, score)
+        threshold = round(float(np.quantile(sc, 1 - true_accept)), 6)
+        ta = float(accepted(sc, threshold).mean())
+        fa = rates(score, threshold, "val", neg["val"])["val_negatives_false_accept"] if "val" in neg else 0.0
+        candidates.append((ta < true_accept - 0.01, fa, -ta, score, threshold, ta))
+    _, _, _, score, threshold, ta = min(candidates)  # the target true accept first, then the fewest false accepts
+    out = {"score": score, "threshold": threshold, "true_accept": round(ta, 4), "false_accept": None,
+           "calibrated_on": "val", "target_true_accept": true_accept,
+           "compared": {c[3]: {"threshold": c[4], "val_true_accept": round(c[5], 4), "val_false_accept": c[1]}
+                        for c in candidates}}
+    _, test_score = acceptance(predict(net, data.x["test"]), n, bg, score)
     out["test_true_accept"] = round(float(accepted(test_score, threshold).mean()), 4)
-    for split in ("val", "test"):
-        if len(data.neg.get(split, ())):
-            _, neg_score = acceptance(predict(net, data.neg[split]), n, bg)
-            out[f"{split}_negatives_false_accept"] = round(float(accepted(neg_score, threshold).mean()), 4)
+    for split, probs in neg.items():
+        out.update(rates(score, threshold, split, probs))
     out["false_accept"] = out.get("val_negatives_false_accept")
     return out
