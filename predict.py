@@ -42,13 +42,15 @@ def parse_args(argv=None):
     ap.add_argument("--learn", action="store_true", help="copy accepted photos into data/raw/<index>/, the others "
                     "into data/review/; pick up photos a person filed under data/review/<index>/")
     ap.add_argument("--nearby", type=int, default=config.NEARBY, help="attractions per place (default %(default)s)")
+    ap.add_argument("--nearby-km", type=float, default=config.NEARBY_KM,
+                    help="only attractions within this many km are nearby (default %(default)s)")
     ap.add_argument("--batch", type=int, default=config.PREDICT_BATCH, help="photos per model call")
     ap.add_argument("--workers", type=int, default=config.PREDICT_WORKERS, help="decoding threads (0 = per core)")
     a = ap.parse_args(argv)
     if a.threshold is not None and not 0 <= a.threshold <= 1:
         ap.error(f"--threshold {a.threshold:g}: a confidence between 0 and 1")
-    if a.batch < 1 or a.workers < 0 or a.nearby < 0:
-        ap.error("--batch must be at least 1, --workers and --nearby at least 0")
+    if a.batch < 1 or a.workers < 0 or a.nearby < 0 or a.nearby_km <= 0:
+        ap.error("--batch must be at least 1, --workers and --nearby at least 0, --nearby-km positive")
     if a.sheet and a.sheet.suffix.lower() != ".png":
         ap.error(f"--sheet {a.sheet}: the contact sheet is a PNG; name it *.png")
     return a
@@ -61,6 +63,24 @@ def output_base(a) -> Path:
         return (a.json or a.csv).with_suffix("")
     folder = a.folder if a.folder.name else a.folder.resolve()
     return folder.parent / (folder.name + config.RESULTS_SUFFIX)
+
+
+def empty_folder(a, table):
+    """The folder to predict is empty (test_image/ of a fresh clone): (test-split photos to show what predict.py
+    does, what to put where), or None once it has said what to put where (no dataset or no model yet)."""
+    where = (f"put the photos to locate into {a.folder}/ (JPEG, PNG, WebP, ...; subfolders are searched too, and "
+             f"one named by a place index, e.g. {a.folder}/{table.places[0].index}/, scores the answers), then run "
+             "predict.py again")
+    photos = scan.demo_photos(a.data, table)
+    try:
+        runs.resolve(a.models, a.model)
+        missing = "" if photos else f"no test split in {config.dataset_dir(a.data)} to show predict.py on"
+    except UserError as e:
+        missing = str(e)
+    if missing:
+        log.info("nothing to do: %s holds no photos; %s (%s)", a.folder, where, missing)
+        return None
+    return photos, where
 
 
 def report_evaluation(metrics, res, predictor, path, out) -> None:
@@ -93,24 +113,34 @@ def main(argv=None):
         log.info("evaluation mode: %d of %d photos labelled by their subfolder (the others are predicted, not "
                  "scored)", labelled, len(photos))
     review = learn.reviewed(a.data, table) if a.learn else []
+    out = sys.stderr if a.format == "tfserving" else sys.stdout
+    demo = None
     if not photos and not review:
-        log.info("nothing to do: %s holds no photos", a.folder)
-        return 0
+        shown = empty_folder(a, table)
+        if shown is None:
+            return 0
+        photos, demo = shown
+        print(f"DEMO: {a.folder} is empty, so here is what predict.py does on {len(photos)} photos of the test "
+              f"split ({config.DEMO_PER_PLACE} a place, from {config.dataset_dir(a.data)}): photos the model was "
+              f"tested on, not yours.\n", file=out)
     run_dir = runs.resolve(a.models, a.model)
     runs.env_threads()
     from locator.predict.predictor import Predictor  # TensorFlow loads here, once the cheap checks have passed
 
     predictor = Predictor.load(run_dir, table, a.threshold)
+    predictor.nearby_km = a.nearby_km
     log.info("model %s (%d places%s), threshold %.3f; %d photos in %s", run_dir, predictor.classes,
              " + background" if predictor.meta.get("background") else "", predictor.threshold, len(photos), a.folder)
-    sheet = None if a.no_sheet else (a.sheet or output_base(a).with_suffix(".png"))
+    base = output_base(a)
+    if demo:  # its own name: a demonstration's sheet is never taken for results of the user's photos
+        base = base.with_name(base.name.replace(config.RESULTS_SUFFIX, "") + config.DEMO_SUFFIX)
+    sheet = None if a.no_sheet else (a.sheet or base.with_suffix(".png"))
 
     def predict(items):
         return list(scan.predict_photos(predictor, items, a.batch, a.workers, not a.no_progress,
                                              config.SHEET_MAX if sheet else 0, a.nearby))
 
     res = predict(photos)
-    out = sys.stderr if a.format == "tfserving" else sys.stdout
     if a.format == "tfserving":
         print(json.dumps(outputs.tfserving(res)))
         for r in res:
@@ -118,25 +148,31 @@ def main(argv=None):
                 log.warning("%s: unreadable (%s: %s)", r.photo.name, r.reason, r.detail)
     elif res:
         print(outputs.table_text(res))
-        where = outputs.places_text(res)
+        where = outputs.places_text(res, a.nearby_km if a.nearby else None)
         print("\n" + where if where else "")
     if res:
         print(outputs.summary_line(res, predictor.threshold, run_dir.name), file=out)
+    if demo:
+        right = sum(r.ok and r.answer["index"] == r.photo.label for r in res)
+        print(f"DEMO: {right} of {len(res)} test-split photos placed at the place they show; now {demo}", file=out)
 
     metrics = scan.evaluate(res, table) if labelled else None
     if metrics:
         report_evaluation(metrics, res, predictor, Path(str(output_base(a)) + "_confusion.png"), out)
     header = {"folder": str(a.folder), "model": run_dir.name, "threshold": predictor.threshold,
-              "background": bool(predictor.meta.get("background")), "created": now_iso()}
+              "background": bool(predictor.meta.get("background")), "created": now_iso(),
+              **({"demo": "test-split photos: the folder was empty"} if demo else {})}
     if a.json:
         outputs.write_json(a.json, res, header, metrics)
     if a.csv:
         outputs.write_csv(a.csv, res)
     if sheet and res:
-        n = outputs.contact_sheet(res, sheet, f"{a.folder}: model {run_dir.name}, threshold {predictor.threshold:.3f}")
+        title = f"{a.folder}: model {run_dir.name}, threshold {predictor.threshold:.3f}"
+        n = outputs.contact_sheet(res, sheet, f"DEMO on test-split photos ({a.folder} is empty): {title}"
+                                  if demo else title)
         log.info("contact sheet (%d photos): %s", n, sheet)
 
-    if a.learn:
+    if a.learn and not demo:  # test-split photos are in data/raw already
         outcomes = learn.learn_results(a.data, res)
         if review:  # a person's labels: predicted only to record what the model said about them
             outcomes += learn.learn_results(a.data, predict(review))

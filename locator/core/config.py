@@ -177,3 +177,6 @@ SHEET_THUMB = 96               # contact sheet: thumbnail side in pixels
 SHEET_COLUMNS = 8
 SHEET_MAX = 480                # photos on a contact sheet; the table, CSV and JSON always list them all
 UNKNOWN_FOLDER = "unknown"     # evaluation: photos under test_image/unknown/ are none of our places
+DEMO_PER_PLACE = 3             # test_image/ empty (a fresh clone): predict.py shows itself on this many test-split
+                               # photos a place, clearly labelled, instead of ending with nothing to look at
+DEMO_SUFFIX = "_demo"          # ...and its contact sheet is test_image_demo.png, never taken for real results

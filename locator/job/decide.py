@@ -19,7 +19,7 @@ def score(run, x, y, classes) -> dict:
 
 def comparable(meta: dict, classes, input_size) -> str:
     """Why a model cannot be scored on this dataset ("" if it can): other places, or another image size."""
-    if [(c["index"], c["name"]) for c in meta["classes"]] != [(c["index"], c["name"]) for c in classes]:
+    if runs.class_difference(meta, [(c["index"], c["name"]) for c in classes]) is not None:
         return "its places differ from the dataset's (the place table changed)"
     if list(meta["input_size"]) != list(input_size):
         return f"it takes {meta['input_size']} images, the dataset has {list(input_size)}"

@@ -57,8 +57,9 @@ def table_text(results) -> str:
     return format_table(headers, rows)
 
 
-def places_text(results) -> str:
-    """Each predicted place once: coordinates, address and the nearby attractions (name, kind, km)."""
+def places_text(results, radius_km: float | None = None) -> str:
+    """Each predicted place once: coordinates, address and the nearby attractions (name, kind, km); with
+    radius_km, a place without any says so."""
     seen = {}
     for r in results:
         if r.ok and r.answer["known"]:
@@ -69,6 +70,8 @@ def places_text(results) -> str:
         lines.append(f"{index}  {a['name']}  ({a['latitude']:.5f}, {a['longitude']:.5f})  {a['address']}".rstrip())
         if a.get("nearby"):
             lines.append(f"    nearby: {_nearby_text(a)}")
+        elif radius_km is not None:
+            lines.append(f"    nearby: no listed attraction within {radius_km:g} km")
     return "\n".join(lines)
 
 

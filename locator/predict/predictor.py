@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from locator.core import images
+from locator.core import config, images
 from locator.core.errors import UserError
 from locator.core.places import PlaceTable
 from locator.runs import runs
@@ -44,6 +44,7 @@ class Predictor:
     table: PlaceTable
     run: Path
     threshold: float | None = None  # None: the one calibrated by cnn.py (metadata.json `unknown.threshold`)
+    nearby_km: float = config.NEARBY_KM  # attractions farther than this are not "nearby"
 
     def __post_init__(self):
         if self.threshold is None:
@@ -100,5 +101,5 @@ class Predictor:
             out.update(index=p.index, name=p.name, latitude=p.latitude, longitude=p.longitude,
                        address=p.address, description=p.description,
                        nearby=[{"name": a.name, "kind": a.kind, "km": round(km, 2)}
-                               for a, km in self.table.nearby(p, nearby)])
+                               for a, km in self.table.nearby(p, nearby, self.nearby_km)])
         return out

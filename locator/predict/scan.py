@@ -65,6 +65,24 @@ def find_photos(folder) -> list:
     return sorted(found, key=lambda ph: ph.name)
 
 
+def demo_photos(data, table, per_place: int = config.DEMO_PER_PLACE) -> list:
+    """Up to per_place photos a place from the dataset's test split (files_test.txt: the raw files behind its
+    rows, relative to the data root), for a demonstration when the folder to predict is empty. `label` holds the
+    place each one shows; [] without a dataset."""
+    try:
+        lines = (config.dataset_dir(data) / "files_test.txt").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    known, chosen = {p.index for p in table}, {}
+    for line in lines:
+        parts = line.split("/")
+        if len(parts) == 3 and parts[0] == config.raw_dir(Path()).name and parts[1] in known:
+            path = Path(data) / line
+            if len(chosen.setdefault(parts[1], [])) < per_place and path.is_file():
+                chosen[parts[1]].append(Photo(path, f"test split/{line}", parts[1]))
+    return [ph for index in sorted(chosen) for ph in chosen[index]]
+
+
 def label_for(folder_name: str, table) -> str | None:
     """The place a folder name stands for: its hex index ("0a") or its folder name (first query term, e.g.
     "n_seoul_tower"); config.UNKNOWN_FOLDER for photos of none of our places; None for any other name."""

@@ -100,12 +100,21 @@ def software() -> dict:
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__}
 
 
-def check_classes(meta: dict, table) -> None:
-    """A model may only be used with the table it was trained on: same indexes and names in the same order."""
+def class_difference(meta: dict, have):
+    """The first class at which a model's classes differ from `have` ((index, name) pairs in class order), or None
+    when they are the same: a model only answers for the places it was trained on, in the same order."""
     want = [(c["index"], c["name"]) for c in meta["classes"]]
-    have = [(p.index, p.name) for p in table.places]
-    if want != have:
-        diff = next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+    have = list(have)
+    if want == have:
+        return None
+    return next((i for i, (a, b) in enumerate(zip(want, have)) if a != b), min(len(want), len(have)))
+
+
+def check_classes(meta: dict, table) -> None:
+    """A model may only be used with the table it was trained on (class_difference); else a UserError."""
+    want, have = meta["classes"], table.places
+    diff = class_difference(meta, [(p.index, p.name) for p in have])
+    if diff is not None:
         raise UserError(f"the model's classes do not match {table.path}: {len(want)} classes in the model, "
                         f"{len(have)} places in the table, first difference at class {diff}; "
                         "use the table the model was trained with, or retrain")

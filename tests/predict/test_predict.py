@@ -248,6 +248,23 @@ def test_nearby_attractions_come_in_distance_order(world, tmp_path):
     assert answer["nearby"][0]["kind"] == "village"
 
 
+def test_nearby_keeps_to_a_radius_and_says_when_nothing_is_within_it(world, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    save(place_photo(2, 1310), folder / "tower.jpg")
+    run_predict(world, folder, "--threshold", 0, "--json", tmp_path / "r.json", "--nearby-km", 1.2)
+    assert [a["name"] for a in read_json(tmp_path / "r.json")["photos"][0]["nearby"]] == ["Namsangol Hanok Village"]
+    capsys.readouterr()
+    run_predict(world, folder, "--threshold", 0, "--json", tmp_path / "r.json", "--nearby-km", 0.5)
+    assert read_json(tmp_path / "r.json")["photos"][0]["nearby"] == []
+    assert "nearby: no listed attraction within 0.5 km" in capsys.readouterr().out
+    # the default radius: an attraction 1,159 km away (the shipped table's Victoria Memorial case) is not nearby
+    table = world["table"]
+    far = places.Attraction("Far away", table.places[2].latitude + 10.42, table.places[2].longitude, "memorial")
+    wide = places.PlaceTable(table.path, table.places, [far])
+    assert places.haversine_km(37.5512, 126.9882, far.latitude, far.longitude) > 1100
+    assert wide.nearby(table.places[2]) == [] and wide.nearby(table.places[2], radius_km=2000)[0][0] == far
+
+
 def test_gps_dms_to_decimal():
     assert gps.dms_to_decimal((37, 33, 59.4), "N") == pytest.approx(37.5665)
     assert gps.dms_to_decimal((33, 51, 54.5), b"S") == pytest.approx(-33.865139, abs=1e-6)
@@ -403,6 +420,32 @@ def test_defaults_are_test_image_and_the_current_model(world, tmp_path, monkeypa
     assert (tmp_path / "test_image_results.png").exists()  # beside the folder, not inside it
 
 
+def test_an_empty_test_image_shows_a_labelled_demo_on_test_split_photos(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test_image").mkdir()
+    (tmp_path / "test_image" / ".gitkeep").write_text("")  # as in a fresh clone
+    (tmp_path / "models" / "runs").mkdir(parents=True)
+    shutil.copytree(world["run"], tmp_path / "models" / "runs" / world["run"].name)
+    (tmp_path / "models" / "current").write_text(world["run"].name + "\n")
+    split = []
+    for c in range(3):
+        for k in range(5):  # five test photos a place: three are shown
+            raw = f"raw/{c:02x}/{k + 1:06d}.jpg"
+            save(place_photo(c, 2100 + 10 * c + k), tmp_path / "data" / raw)
+            split.append(raw)
+    split.append("raw/00/000099.jpg")  # listed but gone (quarantined since): skipped
+    (tmp_path / "data" / "dataset").mkdir()
+    (tmp_path / "data" / "dataset" / "files_test.txt").write_text("\n".join(split) + "\n")
+    assert predict.main(["--places", str(world["places"]), "--no-progress", "--threshold", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("DEMO: test_image is empty, so here is what predict.py does on 9 photos of the test split")
+    assert out.count("test split/raw/") == 9 and "test split/raw/00/000004.jpg" not in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("DEMO: ") and "of 9 test-split photos placed at the place they show" in last
+    assert "put the photos to locate into test_image/" in last
+    assert (tmp_path / "test_image_demo.png").exists() and not (tmp_path / "test_image_results.png").exists()
+
+
 def test_a_corrupt_model_file_is_a_user_error(world, tmp_path):
     run = tmp_path / "runs" / "broken"
     shutil.copytree(world["run"], run)
@@ -440,3 +483,4 @@ def test_mistakes_are_one_line_and_exit_2_and_an_empty_folder_is_nothing_to_do(w
     (tmp_path / "empty" / ".gitkeep").write_text("")
     r = script("empty", *places_arg, cwd=tmp_path)
     assert r.returncode == 0 and "nothing to do" in r.stderr and not r.stdout, r.stderr
+    assert "put the photos to locate into empty/" in r.stderr and "no current model" in r.stderr  # what, where
