@@ -4,7 +4,11 @@
 photo is turned into pixels the same way whichever door it comes in by.
 """
 import io
+import logging
+import os
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,8 @@ from locator.core import config
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated photo is rejected, never half-grey
 Image.MAX_IMAGE_PIXELS = None            # we enforce our own cap before decoding (see decode)
+
+log = logging.getLogger("images")
 
 REASONS = ("empty", "not_image", "truncated", "too_small", "too_large", "unreadable")
 
@@ -59,12 +65,63 @@ def _open(src):
     return Image.open(src)
 
 
+# Bytes a pixel as Pillow holds it once decoded (3-band modes are stored 4 bytes a pixel): the decode budget.
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decoded_bytes(mode: str, size) -> int:
+    """Memory a decoded image of this mode and (width, height) takes: width x height x bytes a pixel."""
+    return size[0] * size[1] * _BYTES_PER_PIXEL.get(mode, 4)
+
+
+class _InFlight:
+    """Decodes at once in this process, bounded by count (CPU) and by decoded bytes (memory): a decode waits for
+    room rather than failing, so a valid photo is never rejected because others were decoding."""
+
+    def __init__(self, count: int, budget: int):
+        self.count, self.budget = count, budget
+        self._cv = threading.Condition()
+        self._n = self._bytes = 0
+
+    @contextmanager
+    def hold(self, need: int):
+        need = min(need, self.budget)  # one photo alone always fits (its own cap is MAX_DECODE_BYTES)
+        with self._cv:
+            self._cv.wait_for(lambda: self._n < self.count and self._bytes + need <= self.budget)
+            self._n += 1
+            self._bytes += need
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._n -= 1
+                self._bytes -= need
+                self._cv.notify_all()
+
+
+IN_FLIGHT = _InFlight(config.DECODES_IN_FLIGHT or 2 * (os.cpu_count() or 1), config.DECODE_BYTES_IN_FLIGHT)
+
+
+def _grey8(img: Image.Image) -> Image.Image:
+    """16/32-bit grey to 8-bit without float64 (which cost 8 bytes a pixel three times over: +950 MB for a
+    6000x6600 PNG). As before: 16-bit, or 32-bit values beyond 255, are scaled by 255/65535; other 32-bit values
+    are taken as 0..255. Integers in uint32 (65535 x 255 fits), floats in float32."""
+    a = np.asarray(img)
+    sixteen = img.mode.startswith("I;16") or (a.size and a.max() > 255)
+    if a.dtype.kind == "f":
+        a = np.clip(a.astype(np.float32, copy=False) * np.float32(255.0 / 65535.0 if sixteen else 1.0), 0, 255)
+    else:
+        a = np.clip(a, 0, 65535).astype(np.uint32)
+        if sixteen:
+            a = a * 255 // 65535
+        a = np.minimum(a, 255)
+    return Image.fromarray(a.astype(np.uint8), "L")
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any mode to RGB; transparency is laid on white (a logo on a transparent page is on white in a browser)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(a * 255.0 / top, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        img = _grey8(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -74,12 +131,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def decode(src, min_side: int = config.MIN_SIDE, max_pixels: int = config.MAX_PIXELS, draft: int | None = None):
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The photo turned as its EXIF orientation says (ImageOps.exif_transpose's turns). Not exif_transpose itself:
+    after turning, it rewrites the EXIF, and odd EXIF (a negative SRATIONAL GPS altitude) makes that raise
+    struct.error, a 500 in serve.py and a quarantined valid photo in preprocess (issue 14); the pixels never
+    needed the rewrite. EXIF that cannot be read at all: the photo as stored, with a note in info["note"]."""
+    try:
+        method = _ORIENT.get(int(img.getexif().get(0x0112, 1)))
+    except Exception as e:  # noqa: BLE001 - any EXIF surprise: the pixels are fine
+        img.info["note"] = f"EXIF unreadable ({type(e).__name__}: {str(e)[:80]}); not rotated"
+        log.debug("%s", img.info["note"])
+        return img
+    return img.transpose(method) if method is not None else img
+
+
+def decode(src, min_side: int = config.MIN_SIDE, max_pixels: int = config.MAX_PIXELS, draft: int | None = None,
+           max_bytes: int = config.MAX_DECODE_BYTES):
     """Open and fully decode a photo (path, bytes or file object) into an upright RGB image.
 
     Returns (image, (width, height)) where (width, height) is the stored size before any draft reduction.
     `draft`: for JPEG, let libjpeg decode at a reduced scale that stays >= draft pixels on each side (much
-    faster for large photos that end up as 64x64). Raises ImageRejected with the reason.
+    faster for large photos that end up as 64x64). `max_bytes`: the decoded size (decoded_bytes, after the
+    draft) allowed. Decodes in flight are bounded (IN_FLIGHT). Raises ImageRejected with the reason.
     """
     try:
         img = _open(src)
@@ -98,11 +176,19 @@ def decode(src, min_side: int = config.MIN_SIDE, max_pixels: int = config.MAX_PI
         img.seek(0)  # animations: the first frame
         if draft and img.format == "JPEG":
             img.draft("RGB", (draft, draft))
-        with warnings.catch_warnings():
+        need = decoded_bytes(img.mode, img.size)
+        if need > max_bytes:
+            raise ImageRejected("too_large", f"{w}x{h} {img.mode} needs {need:,} bytes decoded, over the "
+                                             f"{max_bytes:,} bytes budget")
+        with IN_FLIGHT.hold(2 * need), warnings.catch_warnings():  # 2x: the decoded image and its RGB copy
             warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": harmless, the pixels are what matter
             img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of every upright photo
-        return _to_rgb(img), (w, h)
+            img = _upright(img)
+            note = img.info.get("note")
+            img = _to_rgb(img)
+        if note:
+            img.info["note"] = note
+        return img, (w, h)
     except ImageRejected:
         raise
     except OSError as e:
