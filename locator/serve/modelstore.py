@@ -6,6 +6,8 @@ answer, so requests in flight finish on the old version, which is released when 
 version that fails to load is logged, reported by the status API, and skipped; the next newer one is tried.
 """
 import logging
+import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +28,14 @@ class VersionNotFound(Exception):
 
 
 
-def load_version(version_dir, table):
+def load_version(version_dir, table, model=None):
     """A predictor.Predictor on an exported version: same normalisation, unknown rule and place answer as
-    predict.py's, with the SavedModel in place of the .h5. UserError/ValueError/OSError if it cannot be used."""
+    predict.py's, with the SavedModel in place of the .h5 (or `model`, e.g. a backend.RemoteModel: any object
+    with the Signature's input_shape and predict). UserError/ValueError/OSError if it cannot be used."""
     version_dir = Path(version_dir)
     meta = export.read_metadata(version_dir)
     runs.check_classes(meta, table)
-    sig = export.Signature(version_dir)
+    sig = model or export.Signature(version_dir)
     if list(sig.input_shape[1:3]) != list(meta["input_size"]):
         raise UserError(f"{version_dir}: the signature takes {sig.input_shape[1:3]} images, metadata.json says "
                         f"{meta['input_size']}")
@@ -67,6 +70,7 @@ class ModelStore:
     table: object                # places.PlaceTable
     options: BatchOptions = field(default_factory=BatchOptions)
     poll: float = config.RELOAD_POLL
+    backend: object = None       # backend.Backend: model calls go to a TF Serving REST endpoint
 
     def __post_init__(self):
         self.base = Path(self.base)
@@ -74,6 +78,7 @@ class ModelStore:
         self._lock = threading.Lock()
         self._current = None
         self._states = {}        # version -> (state, error message): the status API's view
+        self._failed = {}        # version -> its files when it failed: retried once they change
         self._stop = threading.Event()
         self._thread = None
         self.clients = lambda: 0   # the server sets it: its open connections (batches wait for that many)
@@ -116,26 +121,51 @@ class ModelStore:
     def refresh(self) -> bool:
         """Load and swap in the newest version newer than the one served, if any loads. True if swapped."""
         served = self._current.version if self._current else 0
-        for v in reversed(export.versions(self.base)):
+        for v in reversed(self.backend.versions() if self.backend else export.versions(self.base)):
             if v <= served:
                 break
-            if self._states.get(v, ("", ""))[1]:
-                continue  # failed before: skipped until a restart (a version folder never changes)
+            if v in self._failed and self._failed[v] == self._files(v):
+                continue  # failed, and its files have not changed since: a copy still under way is retried
             self._states[v] = ("LOADING", "")
             try:
                 loaded = self._load(v)
             except Exception as e:  # noqa: BLE001 - any broken folder: logged, reported, skipped
                 msg = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
-                log.error("version %d of %s cannot be served, skipped: %s", v, self.name, msg)
-                self._states[v] = ("END", msg[:500])
+                log.error("version %d of %s cannot be served, skipped until its files change: %s", v, self.name,
+                          msg)
+                self._states[v] = ("END", self._public(msg)[:500])
+                self._failed[v] = self._files(v)
                 continue
+            self._failed.pop(v, None)
             self._swap(loaded)
             return True
         return False
 
+    def _files(self, version: int) -> tuple:
+        """What a version folder holds (name, size, mtime of each file): a change means a retry."""
+        out = []
+        for root, _, files in os.walk(self.base / str(version)):
+            for f in files:
+                try:
+                    st = os.stat(os.path.join(root, f))
+                except OSError:
+                    continue
+                out.append((os.path.join(root, f), st.st_size, st.st_mtime_ns))
+        return tuple(sorted(out))
+
+    def _public(self, msg: str) -> str:
+        """An error for the status API: paths relative to the model folder, no other absolute path (the API may
+        face the world; the log keeps the full message)."""
+        for root in (str(self.base.resolve()), str(self.base)):
+            msg = msg.replace(root + os.sep, "").replace(root, ".")
+        return re.sub(r"(?<![\w.])/(?:[^\s'\"/:,;)]+/)*([^\s'\"/:,;)]+)", r"\1", msg)
+
     def _load(self, version: int) -> Loaded:
         path = self.base / str(version)
-        predictor = load_version(path, self.table)
+        if self.backend and not path.is_dir():
+            raise UserError(f"the backend serves version {version}, but {version}/ is not in this model folder: "
+                            "give serve.py the same models/serving/ (its metadata.json holds the places)")
+        predictor = load_version(path, self.table, self.backend.model(version) if self.backend else None)
         predictor.probabilities(np.zeros((1, predictor.size, predictor.size, 3), np.uint8))  # warm up: trace now
         o = self.options
 
@@ -144,7 +174,7 @@ class ModelStore:
 
         return Loaded(version, path, predictor, Batcher(run, o.max_batch, o.window, o.queue_max, o.batching,
                                                         name=f"{self.name}-{version}", clients=self._clients),
-                      export.signature_defs(path))
+                      self.backend.signature_defs(version) if self.backend else export.signature_defs(path))
 
     def _swap(self, new: Loaded) -> None:
         with self._lock:
