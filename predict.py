@@ -41,6 +41,9 @@ def parse_args(argv=None):
                     "sit in subfolders named by a place index, its first query term or 'unknown')")
     ap.add_argument("--learn", action="store_true", help="copy accepted photos into data/raw/<index>/, the others "
                     "into data/review/; pick up photos a person filed under data/review/<index>/")
+    ap.add_argument("--learn-min-confidence", type=float, default=config.LEARN_MIN_CONFIDENCE,
+                    help="--learn: an accepted photo goes into data/raw/ only from this confidence on, else to "
+                         "data/review/ (default %(default)g)")
     ap.add_argument("--nearby", type=int, default=config.NEARBY, help="attractions per place (default %(default)s)")
     ap.add_argument("--nearby-km", type=float, default=config.NEARBY_KM,
                     help="only attractions within this many km are nearby (default %(default)s)")
@@ -173,9 +176,9 @@ def main(argv=None):
         log.info("contact sheet (%d photos): %s", n, sheet)
 
     if a.learn and not demo:  # test-split photos are in data/raw already
-        outcomes = learn.learn_results(a.data, res)
+        outcomes = learn.learn_results(a.data, res, a.learn_min_confidence)
         if review:  # a person's labels: predicted only to record what the model said about them
-            outcomes += learn.learn_results(a.data, predict(review))
+            outcomes += learn.learn_results(a.data, predict(review), a.learn_min_confidence)
         print(learn.summary(outcomes, len(review)), file=out)
     return 1 if res and not any(r.ok for r in res) else 0
 

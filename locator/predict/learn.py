@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from locator.core import config, images
-from locator.core.fsio import atomic_write_bytes
+from locator.core.fsio import atomic_write_bytes, lock_for
 from locator.crawl.rawstore import RawFolder
 
 log = logging.getLogger("learn")
@@ -76,6 +76,12 @@ class _ReviewIndex:
 
 
 _REVIEW = _ReviewIndex()
+_REVIEW_LOCK = threading.Lock()   # check-then-write of data/review/ (a file lock too, for other processes)
+_NAME_BYTES = 96                  # the user's part of a review file name, in UTF-8 bytes (a name may be 255)
+
+
+class QuotaFull(Exception):
+    """Learner: storing this upload would pass the quota."""
 
 
 def _ext(blob: bytes, name: str) -> str:
@@ -97,14 +103,25 @@ def _size(blob: bytes):
 
 
 def review_name(digest: str, name: str) -> str:
-    """data/review/ file name: a content prefix (so the same photo twice lands on one name) + the user's name."""
+    """data/review/ file name: a content prefix (so the same photo twice lands on one name) + the user's name,
+    cut to _NAME_BYTES of UTF-8 on a character boundary with its extension kept (80 characters of a 4-byte
+    script were 320 bytes: over the 255 a file name may have, so the upload could not be stored)."""
     flat = re.sub(r"[^\w.\-]+", "_", name.replace("/", "__")).strip("._") or "photo"
-    return f"{digest[:12]}-{flat[-80:]}"
+    stem, dot, ext = flat.rpartition(".")
+    if not dot or not re.fullmatch(r"[A-Za-z0-9]{1,5}", ext):
+        stem, ext = flat, ""
+    ext = f".{ext}" if ext else ""
+    room = _NAME_BYTES - len(ext)
+    stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip("._") or "photo"
+    return f"{digest[:12]}-{stem}{ext}"
 
 
-def keep_upload(data, photo: bytes, answer: dict, name: str = "upload", label: str | None = None) -> dict:
+def keep_upload(data, photo: bytes, answer: dict, name: str = "upload", label: str | None = None,
+                min_confidence: float = config.LEARN_MIN_CONFIDENCE) -> dict:
     """Keep one photo for re-learning. `answer` is Predictor.answer(); `label` a place index a person gave
-    (evaluation subfolder, data/review/<index>/), which wins over the model's answer.
+    (evaluation subfolder, data/review/<index>/), which wins over the model's answer. A photo the model
+    accepted goes into data/raw/ only from `min_confidence` on (it becomes training data with the model's own
+    label); under it, to data/review/ for a person.
 
     Returns what happened, JSON-ready: {"kept": "raw", "index", "file"}, {"kept": "review", "file"} (paths
     relative to the data root) or {"kept": None, "why": ...}.
@@ -114,7 +131,8 @@ def keep_upload(data, photo: bytes, answer: dict, name: str = "upload", label: s
     where = _in_raw(data, digest)
     if where is not None:
         return {"kept": None, "why": f"already in raw/{where}"}
-    index = label or (answer["index"] if answer.get("known") else None)
+    sure = answer.get("known") and (answer.get("confidence") or 0.0) >= min_confidence
+    index = label or (answer["index"] if sure else None)
     if index is not None:
         w, h = _size(photo)
         rec = _raw_folder(str((config.raw_dir(data) / index).resolve())).add(
@@ -124,11 +142,54 @@ def keep_upload(data, photo: bytes, answer: dict, name: str = "upload", label: s
             return {"kept": None, "why": f"already in raw/{index}"}
         return {"kept": "raw", "index": index, "file": f"raw/{index}/{rec['file']}"}
     review = config.review_dir(data)
-    if digest in _REVIEW.shas(review):
-        return {"kept": None, "why": "already in review"}
-    dest = review / review_name(digest, name)
-    atomic_write_bytes(dest, photo)
+    # one check-and-write at a time: ten uploads of one photo at once left three copies (issue 14)
+    with _REVIEW_LOCK, lock_for(review):  # data/review.lock
+        if digest in _REVIEW.shas(review):
+            return {"kept": None, "why": "already in review"}
+        dest = review / review_name(digest, name)
+        atomic_write_bytes(dest, photo)
     return {"kept": "review", "file": dest.relative_to(data).as_posix()}
+
+
+def learned_bytes(data) -> int:
+    """Bytes of learned photos: everything waiting or labelled in data/review/, and the uploads (source user)
+    in data/raw/."""
+    data = Path(data)
+    total = 0
+    for root, dirs, files in os.walk(config.review_dir(data)):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if not f.startswith("."):
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    continue
+    for folder in _raw_folders(data):
+        total += sum(r.get("bytes", 0) for r in folder.records() if r.get("source") == "user")
+    return total
+
+
+class Learner:
+    """serve.py --learn: keep_upload for each upload, within a quota of learned bytes (None: no quota; counted
+    from the disk at the first upload, then kept up to date)."""
+
+    def __init__(self, data, quota: int | None = config.SERVE_LEARN_QUOTA,
+                 min_confidence: float = config.LEARN_MIN_CONFIDENCE):
+        self.data, self.quota, self.min_confidence = Path(data), quota, min_confidence
+        self._lock = threading.Lock()
+        self._used = None
+
+    def __call__(self, photo: bytes, answer: dict, name: str = "upload") -> dict:
+        with self._lock:
+            if self.quota is not None:
+                if self._used is None:
+                    self._used = learned_bytes(self.data)
+                if self._used + len(photo) > self.quota:
+                    raise QuotaFull(f"the learning quota is used up ({self._used:,} of {self.quota:,} bytes)")
+            out = keep_upload(self.data, photo, answer, name, min_confidence=self.min_confidence)
+            if out["kept"] and self._used is not None:
+                self._used += len(photo)
+        return out
 
 
 def reviewed(data, table) -> list:
@@ -151,7 +212,7 @@ def reviewed(data, table) -> list:
     return out
 
 
-def learn_results(data, results) -> list:
+def learn_results(data, results, min_confidence: float = config.LEARN_MIN_CONFIDENCE) -> list:
     """keep_upload for every readable result (inference.Result), its label winning over the model's answer;
     photos labelled unknown/ are none of our places and are not kept. Returns the outcomes."""
     out = []
@@ -163,7 +224,8 @@ def learn_results(data, results) -> list:
         except OSError as e:
             out.append({"kept": None, "why": f"unreadable now ({e.strerror or e})"})
             continue
-        out.append(keep_upload(data, blob, r.answer, r.photo.name, label=r.photo.label))
+        out.append(keep_upload(data, blob, r.answer, r.photo.name, label=r.photo.label,
+                               min_confidence=min_confidence))
     return out
 
 

@@ -321,7 +321,7 @@ def test_learn_twice_adds_each_photo_once_and_review_labels_are_picked_up(world,
     grey = save(everyday(1502), folder / "grey.jpg")
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
-    run_predict(world, folder, "--learn", "--threshold", 0, data=data)
+    run_predict(world, folder, "--learn", "--threshold", 0, "--learn-min-confidence", 0, data=data)
     assert "learn: 2 copied into data/raw/ (00: 1, 02: 1), 1 copied to data/review/" in capsys.readouterr().out
     m0, m2 = read_jsonl(data / "raw" / "00" / "manifest.jsonl"), read_jsonl(data / "raw" / "02" / "manifest.jsonl")
     assert len(m0) == 1 and len(m2) == 1
@@ -334,7 +334,8 @@ def test_learn_twice_adds_each_photo_once_and_review_labels_are_picked_up(world,
     assert len(waiting) == 1 and _sha(waiting[0]) == _sha(grey) and waiting[0].name.endswith("-grey.jpg")
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # copied, never moved
 
-    run_predict(world, folder, "--learn", "--threshold", 0, data=data)  # the same folder again: nothing new
+    # the same folder again: nothing new
+    run_predict(world, folder, "--learn", "--threshold", 0, "--learn-min-confidence", 0, data=data)
     assert "learn: 0 copied into data/raw/, 0 copied to data/review/ for a person to label, 4 already kept" \
         in capsys.readouterr().out
     assert len(read_jsonl(data / "raw" / "00" / "manifest.jsonl")) == 1 and len(list((data / "review").iterdir())) == 1
@@ -342,13 +343,13 @@ def test_learn_twice_adds_each_photo_once_and_review_labels_are_picked_up(world,
     # a person labels the grey photo as place 01 by moving it into review/01/: the next --learn picks it up
     (data / "review" / "01").mkdir()
     labelled = waiting[0].rename(data / "review" / "01" / waiting[0].name)
-    run_predict(world, folder, "--learn", "--threshold", 0, data=data)
+    run_predict(world, folder, "--learn", "--threshold", 0, "--learn-min-confidence", 0, data=data)
     assert "1 labelled photo(s) found in data/review/<index>/" in capsys.readouterr().out
     m1 = read_jsonl(data / "raw" / "01" / "manifest.jsonl")
     assert len(m1) == 1 and m1[0]["sha256"] == _sha(grey) and m1[0]["labelled_by"] == "person"
     assert m1[0]["predicted_index"] is None and m1[0]["source"] == "user"
     assert labelled.exists()  # the person's file stays where they put it
-    run_predict(world, folder, "--learn", "--threshold", 0, data=data)  # and still nothing twice
+    run_predict(world, folder, "--learn", "--threshold", 0, "--learn-min-confidence", 0, data=data)  # still once
     assert len(read_jsonl(data / "raw" / "01" / "manifest.jsonl")) == 1
     assert not (data / "review" / "grey.jpg").exists() and len(list((data / "review").glob("*.jpg"))) == 0
 
@@ -359,7 +360,9 @@ def test_keep_upload_answers_what_it_kept(tmp_path):
 
     data = tmp_path / "data"
     blob = (save(place_photo(0, 1550), tmp_path / "a.jpg")).read_bytes()
-    accepted = {"known": True, "index": "00", "confidence": 0.91}
+    accepted = {"known": True, "index": "00", "confidence": 0.91}   # over LEARN_MIN_CONFIDENCE: into raw/
+    unsure = {"known": True, "index": "00", "confidence": 0.6}      # accepted, but under it: review/
+    assert learn.keep_upload(data, b"\xff\xd8\xff unsure", unsure, "u.jpg")["kept"] == "review"
     assert learn.keep_upload(data, blob, accepted, "a.jpg") == {"kept": "raw", "index": "00",
                                                                 "file": "raw/00/000001.jpg"}
     assert learn.keep_upload(data, blob, accepted) == {"kept": None, "why": "already in raw/00"}
