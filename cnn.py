@@ -43,6 +43,9 @@ def parse_args(argv=None):
     ap.add_argument("--upsample", type=int, default=config.MNV2_SIZE,
                     help="mobilenet_v2: photos are upsampled to this side inside the model (default %(default)s)")
     ap.add_argument("--epochs", type=int, default=config.EPOCHS)
+    ap.add_argument("--minutes", "--train-minutes", dest="minutes", type=float, metavar="M",
+                    help="train for about M minutes instead of --epochs: the epochs are planned from the speed "
+                         "the current model's run measured (same architecture); without one, --epochs applies")
     ap.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
     ap.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=None,
                     help=f"default {config.PRECISION} (float32 for mobilenet_v2: faster on this CPU)")
@@ -72,6 +75,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
+    if a.minutes is not None and a.minutes <= 0:
+        ap.error("--minutes must be positive")
     if a.epochs < 1 or a.batch < 1:
         ap.error("--epochs and --batch must be at least 1")
     if a.stem is not None and a.stem < 0:
@@ -126,6 +131,20 @@ def resumed_settings(a, run_dir):
     return started
 
 
+def planned_epochs(a, data, s, fit) -> int:
+    """--minutes -> epochs, at the speed the current model's run measured (if it is of the same architecture)."""
+    cur = runs.current(a.models)
+    meta = runs.read_metadata(cur) if cur else {}
+    photos = len(fit.with_background(data, "train", s)[0])
+    epochs = fit.epochs_within(a.minutes, photos, meta) if meta.get("arch") == s.arch else None
+    if epochs is None:
+        log.info("--minutes %g: no finished %s run to time by; training --epochs %d", a.minutes, s.arch, s.epochs)
+        return s.epochs
+    log.info("--minutes %g: %d epochs of %d photos, at the speed run %s measured", a.minutes, epochs, photos,
+             cur.name)
+    return epochs
+
+
 def main(argv=None):
     a = parse_args(argv)
     setup_logging(a.verbose)
@@ -157,6 +176,8 @@ def main(argv=None):
         data.y.update({s: rng.permutation(data.y[s]) for s in ("train", "val")})
         log.warning("--shuffle-labels: training on shuffled labels (testing only; this model is meant to be bad)")
     if not a.resume:
+        if a.minutes:
+            s.epochs = planned_epochs(a, data, s, fit)
         run_dir = runs.new_run(a.models)
 
     net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)

@@ -48,6 +48,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--resize-mode", choices=config.RESIZE_MODES, help=f"preprocess.py ({config.RESIZE_MODE})")
     g.add_argument("--arch", choices=config.ARCHS, help=f"cnn.py --arch ({config.ARCH})")
     g.add_argument("--epochs", type=int, help=f"cnn.py --epochs ({config.EPOCHS})")
+    g.add_argument("--train-minutes", type=float, metavar="M", help="cnn.py --minutes: the nightly job's training "
+                   "budget; epochs are planned from the current model's measured speed (unset: --epochs)")
     for step, script in (("crawl", "crawl.py"), ("preprocess", "preprocess.py"), ("dataset", "dataset.py"),
                          ("cnn", "cnn.py")):
         g.add_argument(f"--{step}-args", metavar="ARGS", help=f"more flags for {script} (one string; "
@@ -84,6 +86,8 @@ def parse_args(argv=None):
     for flag in ("per_place", "per_query", "epochs", "size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.train_minutes is not None and args.train_minutes <= 0:
+        ap.error("--train-minutes must be positive")
     if not 0 <= args.tolerance < 1:
         ap.error("--tolerance must be at least 0 and below 1")
     if args.apply and not args.install_cron:

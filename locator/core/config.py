@@ -116,6 +116,7 @@ SPLIT_SEED = 0                 # salt of the split hash; changing it reshuffles 
 
 # --- training ---
 EPOCHS = 50
+EPOCHS_MAX = 400                # cnn.py --minutes never plans more epochs than this
 TRAIN_BATCH = 64
 TRAIN_SEED = 1337
 ARCHS = ("compact", "paper", "mobilenet_v2")  # cnn.py --arch (train/model.py builds them)

@@ -9,7 +9,7 @@ from locator.core.fsio import atomic_path, atomic_write_json, now_iso
 from locator.core.metrics import classification_metrics, summary
 from locator.runs import runs
 from locator.train import evaluate
-from locator.train.fit import Data, Settings, uses_background
+from locator.train.fit import Data, Settings, uses_background, with_background
 
 
 def predict(net, x, batch: int = 256, tta: bool = False) -> np.ndarray:
@@ -71,7 +71,8 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
         "dataset_fingerprint": data.fingerprint,
         "unknown": unknown,
         "metrics": summary(metrics) | {"train_seconds": round(seconds, 1)},
-        "training": {"batch": s.batch, "lr": s.lr, "weight_decay": s.weight_decay,
+        "training": {"photos_per_epoch": int(len(with_background(data, "train", s)[0])), "batch": s.batch,
+                     "lr": s.lr, "weight_decay": s.weight_decay,
                      "label_smoothing": s.label_smoothing, "augment": s.augment, "cutmix": s.cutmix, "seed": s.seed,
                      **s.extra},
         "software": runs.software(),

@@ -304,3 +304,15 @@ def _best_so_far(run: Path):
         return max(h.get("val_accuracy", [])) if h.get("val_accuracy") else None
     except (OSError, ValueError):
         return None
+
+
+def epochs_within(minutes: float, photos: int, reference: dict, most: int = config.EPOCHS_MAX):
+    """Epochs of `photos` a run can train in `minutes`, at the speed a finished run of the same architecture
+    measured (its metadata.json: train_seconds over epochs x photos per epoch); None when it measured none.
+    cnn.py --minutes (pipeline.py --train-minutes: the nightly job may spend more than the interactive default)."""
+    m, t = reference.get("metrics", {}), reference.get("training", {})
+    done = (reference.get("epochs") or 0) * (t.get("photos_per_epoch") or 0)
+    if not done or not m.get("train_seconds"):
+        return None
+    per_photo = m["train_seconds"] / done
+    return int(max(1, min(most, minutes * 60 / (per_photo * max(photos, 1)))))
