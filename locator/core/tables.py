@@ -20,6 +20,11 @@ def format_table(headers, rows, footer=None) -> str:
     return "\n".join(out)
 
 
+def totals(headers, rows) -> list:
+    """The footer of a per-place table (columns index, place, then counts): "total", then each column's sum."""
+    return ["", "total"] + [sum(r[k] for r in rows) for k in range(2, len(headers))]
+
+
 def _cell(v) -> str:
     if isinstance(v, float):
         return f"{v:,.1f}"

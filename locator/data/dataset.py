@@ -29,6 +29,7 @@ from PIL import Image
 from locator.core import config
 from locator.core.errors import UserError
 from locator.core.fsio import atomic_write_json, exclusive, fsync_path, fsync_tree, now_iso
+from locator.core.tables import totals
 from locator.data.preprocess import PENDING, read_manifest
 from locator.data.splits import SPLITS, assign, parse_split, position, split_of  # noqa: F401 (dataset.X callers)
 
@@ -358,5 +359,4 @@ def count_rows(pl: Plan, table):
             rows.append([p.index, p.name + " (left out)", 0, 0, 0, 0])
         else:
             rows.append([p.index, p.name] + [n[s] for s in SPLITS] + [sum(n.values())])
-    footer = ["", "total"] + [sum(r[k] for r in rows) for k in range(2, len(headers))]
-    return headers, rows, footer
+    return headers, rows, totals(headers, rows)

@@ -40,6 +40,7 @@ import imagehash
 from locator.core import config, images
 from locator.core.errors import UserError
 from locator.core.fsio import TMP_PREFIX, append_jsonl, atomic_path, exclusive, now_iso, read_jsonl, rewrite_jsonl
+from locator.core.tables import totals
 from locator.crawl.rawstore import RawFolder, adopt, quarantine
 from locator.data.groups import CONFLICT, group_keys, near_pairs, resolve, set_status  # noqa: F401 (API)
 
@@ -353,5 +354,4 @@ def table_rows(summary: Summary, table):
         rows.append([shown, name, summary.read[i], summary.new[i], summary.count(i, "kept"),
                      summary.count(i, "duplicate", "exact"), summary.count(i, "duplicate", "near")]
                     + [summary.count(i, "rejected", reason) for reason in reasons] + [c[i] for _, c in extra])
-    footer = ["", "total"] + [sum(r[k] for r in rows) for k in range(2, len(headers))]
-    return headers, rows, footer
+    return headers, rows, totals(headers, rows)
