@@ -53,7 +53,8 @@ def parse_args(argv=None):
     ap.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
     ap.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
     ap.add_argument("--augment", type=float, default=None,
-                    help="augmentation strength (default: 1 for compact, 0 for paper as in the study)")
+                    help=f"augmentation strength (default: 0 for paper as in the study, {config.AUGMENT:g} for the "
+                         "others)")
     ap.add_argument("--widths", type=_widths, metavar="W1,W2,...",
                     help="compact net: conv widths of its blocks, e.g. 8,16 for a tiny test net "
                          "(default: model.compact's)")
@@ -94,7 +95,7 @@ def settings(a):
     """The training settings the flags ask for."""
     from locator.train import fit
 
-    augment = a.augment if a.augment is not None else (0.0 if a.arch == "paper" else config.AUGMENT)
+    augment = a.augment if a.augment is not None else config.augment_for(a.arch)
     extra = {k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None}
     precision = a.precision
     if a.arch == "mobilenet_v2":

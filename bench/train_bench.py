@@ -88,7 +88,7 @@ def main():
         for i, (arch, prec, jit) in enumerate(combos):
             s = fit.Settings(arch=arch, epochs=1 + args.epochs, batch=args.batch, precision=prec, jit=jit,
                                augment=args.augment if args.augment is not None  # else cnn.py's per-arch default
-                               else config.AUGMENT if arch == "compact" else 0.0)
+                               else config.augment_for(arch))
             bar.set_description(f"{arch} {prec} jit {'on' if jit else 'off'}")
             t = timer()
             fit.train(data, tmp / f"run{i}", s, progress=False, callbacks=[t])

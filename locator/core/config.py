@@ -134,6 +134,13 @@ MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
 UNKNOWN_TRUE_ACCEPT = 0.90     # the unknown threshold keeps this share of validation photos (the targets are set
                                # at >= 90% true accept, docs/conventions.md)
 
+
+def augment_for(arch: str) -> float:
+    """The augmentation an architecture trains with unless --augment is given: none for the study's paper net (the
+    study trained it so), AUGMENT for the others."""
+    return 0.0 if arch == "paper" else AUGMENT
+
+
 # --- serving (serve.py; TensorFlow Serving's REST API) ---
 SERVE_HOST = "127.0.0.1"             # loopback unless --host says otherwise: a public server is a deliberate choice
 SERVE_PORT = 8501                    # TF Serving's REST port

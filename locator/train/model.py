@@ -107,12 +107,13 @@ def mobilenet_v2(input_shape, classes: int, augment: float = 1.0, weights=None, 
 
 
 def build(arch: str, input_shape, classes: int, augment: float | None = None, **kw) -> keras.Model:
+    augment = config.augment_for(arch) if augment is None else augment
     if arch == "paper":
-        return paper(input_shape, classes, augment=0.0 if augment is None else augment)
+        return paper(input_shape, classes, augment=augment)
     if arch == "compact":
-        return compact(input_shape, classes, augment=1.0 if augment is None else augment, **kw)
+        return compact(input_shape, classes, augment=augment, **kw)
     if arch == "mobilenet_v2":
-        return mobilenet_v2(input_shape, classes, augment=1.0 if augment is None else augment, **kw)
+        return mobilenet_v2(input_shape, classes, augment=augment, **kw)
     raise ValueError(f"unknown architecture {arch!r}; use one of {', '.join(ARCHS)}")
 
 
