@@ -63,7 +63,7 @@ def timer():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", choices=("paper", "compact"), action="append", help="default: both")
+    ap.add_argument("--arch", choices=config.ARCHS, action="append", help="default: paper and compact")
     ap.add_argument("--train", type=int, default=1800, help="training photos (default %(default)s)")
     ap.add_argument("--val", type=int, default=225)
     ap.add_argument("--classes", type=int, default=23)
