@@ -45,12 +45,15 @@ def test_metrics(net, data: Data, run: Path, plots: bool = True) -> dict:
     return metrics
 
 
-def write_run(net, data: Data, run: Path, s: Settings, seconds: float, plots: bool = True):
+def write_run(net, data: Data, run: Path, s: Settings, seconds: float, plots: bool = True, unknown=None):
     """Everything after fit, in the order that keeps a run consistent: model.h5, test metrics, the unknown
-    threshold, then metadata.json last (a run without it is unfinished). Returns (test metrics, metadata)."""
+    threshold, then metadata.json last (a run without it is unfinished). Returns (test metrics, metadata).
+
+    `unknown`: metadata.json's unknown rule as given instead of calibrated (tests/servekit pins threshold 0, so
+    that its tiny model names a place for every photo)."""
     model_path = save_model(net, run)
     metrics = test_metrics(net, data, run, plots)
-    meta = metadata(data, s, metrics, seconds, calibrate_unknown(net, data, s))
+    meta = metadata(data, s, metrics, seconds, unknown if unknown is not None else calibrate_unknown(net, data, s))
     meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
     atomic_write_json(run / "metadata.json", meta)
     return metrics, meta
