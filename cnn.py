@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from locator.core import config
-from locator.core.cli import ArgumentParser, run, setup_logging
+from locator.core.cli import ArgumentParser, add_models_flag, run, setup_logging
 from locator.core.errors import UserError
 from locator.core.metrics import summary_table
 from locator.data.dataset import SPLITS
@@ -33,7 +33,7 @@ def _widths(text):
 def parse_args(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=config.DATA, help="data root (default %(default)s)")
-    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
+    add_models_flag(ap)
     ap.add_argument("--arch", choices=config.ARCHS, default=config.ARCH)
     ap.add_argument("--weights", metavar="FILE",
                     help="mobilenet_v2: ImageNet weights, torchvision's mobilenet_v2-b0353104.pth (read without "

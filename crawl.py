@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator.core import config, places
-from locator.core.cli import ArgumentParser, run, setup_logging
+from locator.core.cli import ArgumentParser, at_least, run, setup_logging
 from locator.core.errors import UserError
 from locator.core.fsio import exclusive
 from locator.crawl import engines
@@ -55,7 +55,11 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=config.raw_dir(config.DATA), help="default %(default)s")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. under cron)")
     ap.add_argument("-v", "--verbose", action="store_true")
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    at_least(ap, a, 1, "per_place", "per_query", "workers", "per_host")
+    if a.timeout <= 0:
+        ap.error("--timeout must be positive")
+    return a
 
 
 def endpoint_for(engine, args) -> str:
@@ -79,11 +83,6 @@ def endpoint_for(engine, args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    for flag in ("per_place", "per_query", "workers", "per_host"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.timeout <= 0:
-        raise UserError("--timeout must be positive")
     table = places.load(args.places)
     chosen = table.select(args.only)
     background = [] if args.no_background else table.background

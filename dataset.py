@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator.core import config, places
-from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
+from locator.core.cli import ArgumentParser, add_data_flags, at_least, run, setup_logging
 from locator.core.errors import UserError
 from locator.core.tables import format_table
 from locator.data import dataset
@@ -37,21 +37,24 @@ def parse_args(argv=None):
                     help="folder of everyday photos showing none of the places, for the model's background class "
                          "(default: DATA/negatives if it exists)")
     add_data_flags(ap)
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    try:
+        a.split = dataset.parse_split(a.split)  # the shares (train, val, test)
+    except UserError as e:
+        ap.error(str(e))
+    at_least(ap, a, 1, "min_per_class")
+    return a
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    split = dataset.parse_split(args.split)
-    if args.min_per_class is not None and args.min_per_class < 1:
-        raise UserError("--min-per-class must be at least 1")
     table = places.load(args.places)
     negatives = args.negatives
     if negatives is None and config.negatives_dir(args.data).is_dir():
         negatives = config.negatives_dir(args.data)
     with logging_redirect_tqdm():
-        plan = dataset.build(args.data, table, split, args.seed, args.min_per_class, progress=not args.no_progress,
+        plan = dataset.build(args.data, table, args.split, args.seed, args.min_per_class, progress=not args.no_progress,
                              negatives=negatives)
     print(format_table(*dataset.count_rows(plan, table)))
     for kind, n in dataset.background_counts(plan).items():

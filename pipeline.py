@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator.core import config
-from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
+from locator.core.cli import ArgumentParser, add_data_flags, add_models_flag, at_least, run, setup_logging
 from locator.core.errors import UserError
 from locator.crawl import engines
 from locator.job import cron, job, settings, steps
@@ -29,7 +29,7 @@ def build_parser() -> ArgumentParser:
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, help="TOML file of settings (flags given as well override it)")
     add_data_flags(ap)
-    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
+    add_models_flag(ap)
     ap.add_argument("--logs", type=Path, default=config.LOGS, help="run logs and reports (default %(default)s)")
     g = ap.add_argument_group("steps (unset: the step's own default)")
     g.add_argument("--engine", choices=engines.names(), help=f"crawl.py --engine ({config.ENGINE})")
@@ -83,9 +83,7 @@ def parse_args(argv=None):
         raise UserError(f"--config {pre.config}: {e}")
     args = ap.parse_args(file_argv + argv)
     args.config = pre.config
-    for flag in ("per_place", "per_query", "epochs", "size"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            ap.error(f"--{flag.replace('_', '-')} must be at least 1")
+    at_least(ap, args, 1, "per_place", "per_query", "epochs", "size")
     if args.train_minutes is not None and args.train_minutes <= 0:
         ap.error("--train-minutes must be positive")
     if not 0 <= args.tolerance < 1:

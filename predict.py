@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from locator.core import config, places
-from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
+from locator.core.cli import ArgumentParser, add_data_flags, add_models_flag, run, setup_logging
 from locator.core.errors import UserError
 from locator.core.fsio import now_iso
 from locator.predict import learn, outputs, scan
@@ -26,7 +26,7 @@ def parse_args(argv=None):
     ap.add_argument("folder", nargs="?", type=Path, default=config.TEST_IMAGE,
                     help="photos to predict, searched recursively (default %(default)s)")
     ap.add_argument("--model", help="a model run folder (or its model.h5); default: models/current")
-    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
+    add_models_flag(ap)
     add_data_flags(ap)
     ap.add_argument("--threshold", type=float, help="accept a place from this confidence on, else 'unknown' "
                     "(default: the threshold calibrated into the model's metadata.json)")

@@ -14,7 +14,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from locator.core import config, places
 from locator.core.cli import ArgumentParser, add_data_flags, run, setup_logging
-from locator.core.errors import UserError
 from locator.core.tables import format_table
 from locator.data import preprocess
 
@@ -37,18 +36,19 @@ def parse_args(argv=None):
     ap.add_argument("--workers", type=int, default=config.PREPROCESS_WORKERS,
                     help="decoding processes; 0 = one per core (default %(default)s)")
     add_data_flags(ap)
-    return ap.parse_args(argv)
+    a = ap.parse_args(argv)
+    if not 8 <= a.size <= 1024:
+        ap.error("--size must be between 8 and 1024")
+    if a.min_side < 1 or a.max_pixels < 1 or a.workers < 0:
+        ap.error("--min-side and --max-pixels must be at least 1, --workers at least 0")
+    if not 0 <= a.near_dup_distance <= 32:
+        ap.error("--near-dup-distance must be between 0 and 32 (of 64 bits)")
+    return a
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    if not 8 <= args.size <= 1024:
-        raise UserError("--size must be between 8 and 1024")
-    if args.min_side < 1 or args.max_pixels < 1 or args.workers < 0:
-        raise UserError("--min-side and --max-pixels must be at least 1, --workers at least 0")
-    if not 0 <= args.near_dup_distance <= 32:
-        raise UserError("--near-dup-distance must be between 0 and 32 (of 64 bits)")
     table = places.load(args.places)
     opt = preprocess.Options(size=args.size, mode=args.resize_mode, min_side=args.min_side,
                                 max_pixels=args.max_pixels, near=args.near_dup_distance,

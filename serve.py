@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from locator.core import config
-from locator.core.cli import ArgumentParser, run, setup_logging
+from locator.core.cli import ArgumentParser, add_models_flag, run, setup_logging
 from locator.core.errors import UserError
 from locator.runs import runs
 
@@ -21,7 +21,7 @@ def parse_args(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--host", default=config.SERVE_HOST, help="address to listen on (default %(default)s)")
     ap.add_argument("--port", type=int, default=config.SERVE_PORT, help="port (default %(default)s; 0 = any free one)")
-    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
+    add_models_flag(ap)
     ap.add_argument("--name", default=config.MODEL_NAME, help="served model: models/serving/<name>/ "
                                                               "(default %(default)s)")
     ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")

@@ -1,4 +1,8 @@
-"""What every script shares at its edges: logging, and turning a user mistake into one line and exit code 2."""
+"""What every script shares at its edges: logging, and turning a user mistake into one line and exit code 2.
+
+Flag checks, one way in every script: what the flags alone can tell is checked in parse_args through ap.error
+(`error: ... (see X --help)`, exit 2, before any work or logging starts); what needs the place table, a folder or
+a model run raises UserError where it is found (`error: ...`, exit 2). Both end in run() below."""
 import argparse
 import logging
 import sys
@@ -31,6 +35,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def at_least(ap, args, minimum, *flags) -> None:
+    """ap.error for the first of `flags` (attribute names; None = not given) below `minimum`."""
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is not None and value < minimum:
+            ap.error(f"--{flag.replace('_', '-')} must be at least {minimum}")
+
+
+def add_models_flag(ap) -> None:
+    """--models: the models folder (runs/, current, serving/), for every script that reads or writes models."""
+    ap.add_argument("--models", type=Path, default=config.MODELS, help="models folder (default %(default)s)")
 
 
 def add_data_flags(ap) -> None:
