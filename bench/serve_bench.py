@@ -39,6 +39,7 @@ from locator.runs import runs
 
 BATCHED, UNBATCHED = "serve.py, batched", "serve.py, unbatched (--no-batching)"
 NAIVE = "naive: model loaded per request"
+BASELINE = "baseline serve.py (--baseline), batched"
 
 
 # --- the naive server (run in its own process with --naive-server) ---
@@ -190,6 +191,8 @@ def main():
                                                                    "(half at 1 client)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per setting; the best counts")
     ap.add_argument("--batch-window", type=float, help="ms, passed to the batched serve.py (default: its own)")
+    ap.add_argument("--baseline", type=Path, help="another checkout's serve.py (e.g. the code before a change), run "
+                                                  "batched in the same alternating rounds: same load for both")
     ap.add_argument("--naive-server", nargs=3, metavar=("RUN", "PLACES", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     runs.env_threads()
@@ -226,6 +229,9 @@ def main():
         (NAIVE, [str(Path(__file__).resolve()), "--naive-server", str(run.resolve()),
                                              str(args.places.resolve()), str(free_port())], args.naive_requests),
     ][:3 if args.naive_requests else 2]
+    if args.baseline:
+        contestants.insert(1, (BASELINE, [str(args.baseline.resolve()), *common, "--batch-window", str(window)],
+                               args.requests))
     # both serve.py servers up at once, the rounds alternating between them, so that the other jobs on this
     # machine slow both alike; each one's best round counts. The naive server gets one round of its own.
     servers = {label: ServerProcess(argv, work) for label, argv, _ in contestants}
@@ -265,6 +271,11 @@ def main():
     p99 = results[BATCHED, 1]["p99"]
     print(f"targets: batched >= 2x unbatched at 8 clients: {b8:.2f}x ({'met' if b8 >= 2 else 'NOT met'}); "
           f"p99 < 100 ms at 1 client: {p99:.1f} ms ({'met' if p99 < 100 else 'NOT met'})")
+    if args.baseline:
+        r8, p1 = (results[BATCHED, 8]["rps"] / results[BASELINE, 8]["rps"],
+                  results[BATCHED, 1]["p99"] / results[BASELINE, 1]["p99"])
+        print(f"against the baseline: {r8:.2f}x its req/s at 8 clients, {p1:.2f}x its p99 at 1 client")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other jobs slow both alike)")
 
 
 if __name__ == "__main__":
