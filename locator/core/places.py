@@ -88,13 +88,6 @@ class PlaceTable:
     def __iter__(self):
         return iter(self.places)
 
-    def by_index(self, index: str) -> Place:
-        index = index.lower()
-        for p in self.places:
-            if p.index == index:
-                return p
-        raise KeyError(index)
-
     def by_class(self, cls: int) -> Place:
         return self.places[cls]
 

@@ -31,7 +31,6 @@ SOURCES = ("commons", "bing", "folder", "user", "manual")
 # files a person may copy in by hand that are photos by their name (their bytes may still be broken: preprocess
 # quarantines those like any other); a file that is neither named nor shaped like a photo is left alone
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-RECORD_KEYS = ("file", "sha256", "bytes", "width", "height", "source", "url", "page", "licence", "author", "added")
 _NUMBERED = re.compile(r"^(\d{6})\.[a-z0-9]+$")
 
 # One threading lock per manifest, taken before its file lock: threads of one process then queue on it

@@ -54,8 +54,9 @@ def test_good_table_reads_back(tmp_path):
     rows[1] = ("01", "Second", "second term;zweiter;두번째", 37.55, 126.98, "addr", "desc")
     t = places.load(write(tmp_path, rows, [("Sight", 37.551, 126.981, "sight", "")]))
     assert [p.index for p in t] == ["00", "01", "02"]
-    assert t.by_index("01").queries == ("second term", "zweiter", "두번째")
-    assert t.by_index("01").folder == "second_term" and t.by_index("01").cls == 1
+    second = t.select("01")[0]
+    assert second.queries == ("second term", "zweiter", "두번째")
+    assert second.folder == "second_term" and second.cls == 1
     assert t.attractions[0].name == "Sight"
 
 
