@@ -60,6 +60,14 @@ def parse_args(argv=None):
                          "(default: model.compact's)")
     ap.add_argument("--stem", type=int, metavar="W", help="compact net: width of the stem conv, 0 for none "
                     "(default: model.compact's)")
+    ap.add_argument("--ema", type=float, default=config.EMA, metavar="MOMENTUM",
+                    help="keep an exponential moving average of the weights, e.g. 0.99 (default %(default)s = off)")
+    ap.add_argument("--teacher", metavar="RUN", help="distil from this finished run (same dataset): the student "
+                    "learns from its answers on the same augmented batches")
+    ap.add_argument("--distill-alpha", type=float, default=config.DISTILL_ALPHA,
+                    help="--teacher: weight of the teacher's answers in the loss (default %(default)s)")
+    ap.add_argument("--distill-temperature", type=float, default=config.DISTILL_TEMPERATURE,
+                    help="--teacher: softening temperature (default %(default)s)")
     ap.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
                     help="XLA compilation (default off: 4-5x slower on this CPU, see bench/train_bench.py)")
     ap.add_argument("--no-background", action="store_true",
@@ -78,6 +86,10 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if a.minutes is not None and a.minutes <= 0:
         ap.error("--minutes must be positive")
+    if not 0 <= a.ema < 1 or not 0 <= a.distill_alpha <= 1 or a.distill_temperature <= 0:
+        ap.error("--ema must be in [0, 1), --distill-alpha in [0, 1], --distill-temperature positive")
+    if a.teacher and not (Path(a.teacher) / "model.h5").exists() and not str(a.teacher).endswith(".h5"):
+        ap.error(f"--teacher {a.teacher}: not a finished run (no model.h5)")
     if a.epochs < 1 or a.batch < 1:
         ap.error("--epochs and --batch must be at least 1")
     if a.stem is not None and a.stem < 0:
@@ -109,7 +121,9 @@ def settings(a):
             precision = "float32"  # measured: its depthwise convolutions run 1.8x slower in bf16 on this CPU
     return fit.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=precision, lr=a.lr,
                         weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
-                        seed=a.seed, name=a.name, background=not a.no_background, jit=a.jit, extra=extra)
+                        seed=a.seed, name=a.name, background=not a.no_background, jit=a.jit, extra=extra,
+                        ema=a.ema, teacher=str(a.teacher or ""), distill_alpha=a.distill_alpha,
+                        distill_temperature=a.distill_temperature)
 
 
 def resumed_settings(a, run_dir):

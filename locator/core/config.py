@@ -130,6 +130,9 @@ WEIGHT_DECAY = 5e-4
 LABEL_SMOOTHING = 0.1
 CUTMIX = 0.5                   # share of training batches mixed by CutMix (0 = off): +3 points on val (docs/results.md)
 AUGMENT = 1.0                  # strength of the in-model augmentation (0 = off)
+EMA = 0.0                      # AdamW's moving average of the weights (e.g. 0.99); 0 = off (a lever of issue 12)
+DISTILL_ALPHA = 0.7            # cnn.py --teacher: weight of the teacher's answers in the loss (Hinton et al.: high)
+DISTILL_TEMPERATURE = 4.0      # ... and the temperature that softens both networks' answers
 MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
 UNKNOWN_TRUE_ACCEPT = 0.90     # the unknown threshold keeps this share of validation photos (the targets are set
                                # at >= 90% true accept, docs/conventions.md)

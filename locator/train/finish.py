@@ -77,6 +77,7 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
         "training": {"photos_per_epoch": int(len(with_background(data, "train", s)[0])), "batch": s.batch,
                      "lr": s.lr, "weight_decay": s.weight_decay,
                      "label_smoothing": s.label_smoothing, "augment": s.augment, "cutmix": s.cutmix, "seed": s.seed,
+                     "ema": s.ema, "teacher": s.teacher or None,
                      **s.extra},
         "software": runs.software(),
     }
@@ -107,7 +108,8 @@ def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.
     candidates = []
     for score in (SCORES if bg else ("max_softmax",)):
         _, sc = acceptance(val, n, bg, score)
-        threshold = round(float(np.quantile(sc, 1 - true_accept)), 6)
+        # "lower": the threshold is a validation score, so at least `true_accept` of them pass (no interpolation)
+        threshold = float(np.quantile(sc, 1 - true_accept, method="lower"))
         ta = float(accepted(sc, threshold).mean())
         fa = rates(score, threshold, "val", neg["val"])["val_negatives_false_accept"] if "val" in neg else 0.0
         candidates.append((ta < true_accept - 0.01, fa, -ta, score, threshold, ta))

@@ -140,6 +140,10 @@ class Settings:
     background: bool = True      # learn a "none of our places" output from the dataset's negatives, if packed
     jit: bool = False            # XLA: measured 4-5x SLOWER on this CPU (bench/train_bench.py), and Keras refuses it
                                  # for the compact net anyway (its random augmentation layers cannot compile)
+    ema: float = config.EMA      # > 0: the weights kept are an exponential moving average with this momentum
+    teacher: str = ""            # a run folder: distil from its answers on the same augmented batches (distill.py)
+    distill_alpha: float = config.DISTILL_ALPHA
+    distill_temperature: float = config.DISTILL_TEMPERATURE
     extra: dict = field(default_factory=dict)  # architecture options (widths, ...)
 
 
@@ -177,17 +181,27 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
 
     import keras
 
+    from locator.train import distill
     from locator.train import model as models
 
     keras.mixed_precision.set_global_policy(s.precision)
     keras.utils.set_random_seed(s.seed)
     n = len(data.classes) + uses_background(data, s)
-    net = models.build(s.arch, tuple(data.x["train"].shape[1:]), n, augment=s.augment, **s.extra)
+    teacher = distill.teacher_model(s.teacher, n) if s.teacher else None
+    # with a teacher, augmentation runs in tf.data, once for both networks (distill.py)
+    net = models.build(s.arch, tuple(data.x["train"].shape[1:]), n, augment=0.0 if teacher else s.augment,
+                       **s.extra)
     train_xy = with_background(data, "train", s)
     steps = int(np.ceil(len(train_xy[0]) / s.batch)) * s.epochs  # the negatives are steps too
-    net.compile(optimizer=keras.optimizers.AdamW(schedule(s.lr, steps), weight_decay=s.weight_decay),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=s.label_smoothing),
-                metrics=["accuracy"], jit_compile=s.jit)
+    optimizer = keras.optimizers.AdamW(schedule(s.lr, steps), weight_decay=s.weight_decay, use_ema=s.ema > 0,
+                                       ema_momentum=s.ema or 0.99)
+    if teacher is None:
+        net.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(label_smoothing=s.label_smoothing),
+                    metrics=["accuracy"], jit_compile=s.jit)
+    else:
+        net.compile(optimizer=optimizer, loss=distill.loss(n, s.distill_alpha, s.distill_temperature,
+                                                           s.label_smoothing),
+                    metrics=[distill.accuracy(n)], jit_compile=s.jit)
     (run / "logs").mkdir(exist_ok=True)
     done = _epochs_done(ck)
     if not done:
@@ -197,7 +211,10 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
     # that marks it done, so a resumed run redoes an epoch whose row exists (read_history keeps the last row of
     # an epoch) rather than skip one whose row is missing. double_checkpoint: a backup torn by the kill falls
     # back to the one before.
+    # with EMA, validation and the best-epoch checkpoint see the averaged weights (SwapEMAWeights before them)
+    ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if s.ema > 0 else []
     callbacks = [
+        *ema,
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_accuracy", mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=_best_so_far(run)),
         keras.callbacks.CSVLogger(str(run / "logs" / "history.csv"), append=True),
@@ -206,8 +223,12 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
         _Progress(s.epochs, done, progress),
         *callbacks,  # last: an epoch timer's epoch then includes the checkpoint writes above
     ]
-    train_ds = pipeline(*train_xy, n, s.batch, True, s.seed, s.cutmix)
-    val_ds = pipeline(*with_background(data, "val", s), n, s.batch * 4, False, s.seed)
+    if teacher is None:
+        train_ds = pipeline(*train_xy, n, s.batch, True, s.seed, s.cutmix)
+        val_ds = pipeline(*with_background(data, "val", s), n, s.batch * 4, False, s.seed)
+    else:
+        train_ds = distill.pipeline(*train_xy, n, s.batch, s.seed, s.cutmix, teacher, s.augment, _cutmix)
+        val_ds = distill.validation(*with_background(data, "val", s), n, s.batch * 4)
     t0 = time.time()
     net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, callbacks=callbacks, verbose=0)
     seconds = time.time() - t0
