@@ -143,7 +143,7 @@ def test_16_bit_png_decodes_without_float64_and_within_the_byte_budget(tmp_path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     grew_mb, dtype, value = out.stdout.split()
     assert dtype == "uint8" and int(value) == 40000 * 255 // 65535
-    assert int(grew_mb) < 400, f"decoding one 16-bit photo took {grew_mb} MB more"
+    assert int(grew_mb) < 350, f"decoding one 16-bit photo took {grew_mb} MB more"  # 983 MB before, 265 MB now
     # the budget counts bytes, not pixels: a 16-bit photo costs twice an 8-bit grey one
     Image.new("I;16", (1000, 1000)).save(tmp_path / "small16.png")
     with pytest.raises(images.ImageRejected, match="bytes"):
