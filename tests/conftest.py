@@ -1,6 +1,7 @@
 """Shared by every test folder (one folder per step of locator/): the repository and this folder on sys.path, so
 tests import the package, the scripts and the helpers (genphotos: small generated photos and place tables;
-servekit: a tiny model trained once per session), and the fixtures every step uses."""
+servekit: a tiny model trained once per session; clikit: how a user mistake must end), and the fixtures
+every step uses."""
 import sys
 from pathlib import Path
 

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clikit import one_line_error
 from genphotos import fill, write_table
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,13 +19,6 @@ def script(name, *args, cwd):
 def table(tmp_path):
     write_table(tmp_path / "places.xlsx", 2)
     return tmp_path / "places.xlsx"
-
-
-def one_line_error(r, *words):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 @pytest.mark.parametrize("name,args,words", [

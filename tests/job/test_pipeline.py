@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clikit import one_line_error
 from genphotos import encode, photo
 from PIL import Image
 
@@ -106,13 +107,6 @@ def splits(where: Path) -> dict:
     d = where / "data" / "dataset"
     moved = {r["raw_file"] for r in dataset.read_summary(d).get("rescued", [])}
     return {f: s for s in dataset.SPLITS for f in (d / f"files_{s}.txt").read_text().splitlines() if f not in moved}
-
-
-def one_line_error(r, *words):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 # ------------------------------------------------------------------------------------------------ end to end

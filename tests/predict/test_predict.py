@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clikit import one_line_error
 from PIL import Image
 
 from locator.core import config, images, places
@@ -461,13 +462,6 @@ def test_a_corrupt_model_file_is_a_user_error(world, tmp_path):
 def script(*args, cwd):
     return subprocess.run([sys.executable, str(REPO / "predict.py"), "--no-progress", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
-
-
-def one_line_error(r, *words):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 def test_mistakes_are_one_line_and_exit_2_and_an_empty_folder_is_nothing_to_do(world, tmp_path):

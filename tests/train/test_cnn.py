@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from clikit import exit_2_one_line as one_line_error
 from genphotos import add, encode, photo, write_table
 from PIL import Image
 
@@ -45,13 +46,6 @@ def tinted(seed: int, place: int) -> Image.Image:
 def cnn(*args, timeout=300):
     return subprocess.run([sys.executable, str(REPO / "cnn.py"), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO)
-
-
-def one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert all(w in lines[0] for w in words), lines[0]
 
 
 def history_rows(run: Path) -> list:
