@@ -98,22 +98,29 @@ class Server:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small JSON answers, no Nagle wait
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.SERVE_MAX_HEADER)
+        stopping = False
         try:
             while await self._one(conn, reader, writer):
                 conn.start_next_cycle()
         except (ConnectionError, OSError, h11.LocalProtocolError):
             pass
+        except asyncio.CancelledError:  # shutdown: end quietly (asyncio logs a handler that stays cancelled)
+            stopping = True
         finally:
             self.connections -= 1
-            await _close(writer)
+            if stopping:
+                writer.close()
+            else:
+                await _close(writer)
 
     async def _one(self, conn: h11.Connection, reader, writer) -> bool:
         """One request and its answer; False when the connection is to be closed."""
         head = bytearray(conn.trailing_data[0])
         if not head:  # keep-alive: the next request may take idle_timeout to start
             try:
-                data = await asyncio.wait_for(reader.read(_READ), self.limits.idle_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.limits.idle_timeout):  # no task per read, as wait_for makes
+                    data = await reader.read(_READ)
+            except TimeoutError:
                 return False
             if not data:
                 return False
@@ -133,7 +140,10 @@ class Server:
             return await self._error(conn, writer, e.error_status_hint, f"malformed request: {e}", t0)
         except _Close as e:
             return await self._error(conn, writer, e.status, e.message, t0)
-        status, headers, payload = await self._loop.run_in_executor(self.pool, self._route, req, body)
+        if req.method in (b"GET", b"HEAD"):  # status, metadata, the page: a lock and a dict, no thread hop
+            status, headers, payload = self._route(req, body)
+        else:  # decoding and the batcher block: a worker thread
+            status, headers, payload = await self._loop.run_in_executor(self.pool, self._route, req, body)
         await self._send(conn, writer, req.method == b"HEAD", status, headers, payload)
         log.debug("%s %s -> %d in %.1f ms", req.method.decode(), req.target.decode("latin-1")[:200], status,
                   (time.perf_counter() - t0) * 1e3)
