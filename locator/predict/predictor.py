@@ -14,19 +14,21 @@ from locator.core.errors import UserError
 from locator.core.places import PlaceTable
 from locator.runs import runs
 
-# The "unknown" scores a model can be calibrated with (metadata.json `unknown.score` names the one in use). cnn.py
-# calibrates each on validation at the same true-accept rate and keeps the one that accepts the fewest validation
-# background photos (train/finish.calibrate_unknown); models without a background output have only max_softmax.
-SCORES = ("max_softmax", "max_softmax+background", "not_background")
+# The "unknown" scores a model with a background output can be calibrated with (metadata.json `unknown.score`
+# names the one in use). cnn.py calibrates each on validation at the same true-accept rate and keeps the one that
+# accepts the fewest validation background photos (train/finish.calibrate_unknown). Both give 0 when the
+# background output beats every place: a background win is never accepted, whatever the threshold.
+SCORES = ("max_softmax+background", "not_background")
 
 
 def acceptance(probs: np.ndarray, classes: int, background: bool, score: str | None = None):
     """The "unknown" rule's inputs for a batch: (best place, score). A photo is accepted when score >= threshold.
 
-    - `max_softmax`: the best place's probability;
-    - `max_softmax+background` (the default with a background output, the last column): the same, but 0 when the
-      background probability beats every place, so no threshold accepts it;
-    - `not_background`: 1 - the background probability (how sure the model is that it is one of our places).
+    - without a background output: `max_softmax`, the best place's probability;
+    - `max_softmax+background` (the default with a background output, the last column): the best place's
+      probability, 0 when the background probability beats every place;
+    - `not_background`: 1 - the background probability (how sure the model is that the photo shows one of our
+      places, whichever), 0 when the background probability beats every place.
     train/finish.calibrate_unknown sets the threshold with this same function.
     """
     probs = np.asarray(probs)
@@ -35,13 +37,12 @@ def acceptance(probs: np.ndarray, classes: int, background: bool, score: str | N
     top = place.max(1)
     if not background:
         return best, top
+    won = probs[:, -1] > top
     score = score or "max_softmax+background"
-    if score == "max_softmax":
-        return best, top
     if score == "max_softmax+background":
-        return best, np.where(probs[:, -1] > top, 0.0, top)
+        return best, np.where(won, 0.0, top)
     if score == "not_background":
-        return best, np.clip(1.0 - probs[:, -1], 1e-6, 1.0)  # never exactly 0: 0 means "background won"
+        return best, np.where(won, 0.0, 1.0 - probs[:, -1])
     raise ValueError(f"unknown score {score!r}; one of {', '.join(SCORES)}")
 
 
