@@ -112,11 +112,13 @@ def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.
         threshold = float(np.quantile(sc, 1 - true_accept, method="lower"))
         ta = float(accepted(sc, threshold).mean())
         fa = rates(score, threshold, "val", neg["val"])["val_negatives_false_accept"] if "val" in neg else 0.0
-        candidates.append((ta < true_accept - 0.01, fa, -ta, score, threshold, ta))
-    _, _, _, score, threshold, ta = min(candidates)  # the target true accept first, then the fewest false accepts
+        miss = ta < true_accept - 0.01
+        # the scores that reach the target true accept, by fewest false accepts; if none does, the highest accept
+        candidates.append((miss, -ta if miss else fa, score, threshold, ta, fa))
+    _, _, score, threshold, ta, _ = min(candidates)
     out = {"score": score, "threshold": threshold, "true_accept": round(ta, 4), "false_accept": None,
            "calibrated_on": "val", "target_true_accept": true_accept,
-           "compared": {c[3]: {"threshold": c[4], "val_true_accept": round(c[5], 4), "val_false_accept": c[1]}
+           "compared": {c[2]: {"threshold": c[3], "val_true_accept": round(c[4], 4), "val_false_accept": c[5]}
                         for c in candidates}}
     _, test_score = acceptance(predict(net, data.x["test"]), n, bg, score)
     out["test_true_accept"] = round(float(accepted(test_score, threshold).mean()), 4)
