@@ -178,7 +178,7 @@ def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=
     classes = [{**c, "left_out": True} if c["index"] in left else c for c in table.classes()]
     neg = plan_negatives(negatives, split, seed)
     fp = fingerprint([(s, r["raw_file"], r["raw_sha256"], int(r["index"], 16)) for s in SPLITS for r in rows[s]]
-                     + [(s, "negatives/" + name, p.stat().st_size, -1) for s in SPLITS for name, p in neg[s]]
+                     + [(s, "negatives/" + name, _content_sha256(p), -1) for s in SPLITS for name, p in neg[s]]
                      + [(s, r["raw_file"], r["raw_sha256"], r["kind"]) for s in SPLITS for r in bg[s]],
                      size, mode)
     for r in rescued:
@@ -187,6 +187,19 @@ def plan(data, table, split=config.SPLIT, seed=config.SPLIT_SEED, min_per_class=
     learned = sum(model_labelled(r) for s in SPLITS for r in rows[s])
     return Plan(size, mode, rows, classes, counts, sorted(left), rescued, fp, negatives=neg, background=bg,
                 model_labelled=learned)
+
+
+def _content_sha256(path: Path) -> str:
+    """sha256 of a negative photo's bytes: data/negatives has no manifest, and a photo replaced by another of the
+    same size (or with its time stamp kept) must still make a new dataset. Hashing runs at disk speed."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:  # packing skips it with a warning; its name still counts
+        return f"unreadable:{type(e).__name__}"
+    return h.hexdigest()
 
 
 NEGATIVE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
@@ -231,6 +244,8 @@ def _is_current(dest, pl) -> bool:
     except (FileNotFoundError, json.JSONDecodeError):
         return False
     files = [f"{k}_{s}.{e}" for s in SPLITS for k, e in (("x", "npy"), ("y", "npy"), ("files", "txt"))]
+    files += [f"{k}_{s}.{e}" for s in SPLITS if pl.negatives[s] or pl.background[s]
+              for k, e in (("xneg", "npy"), ("files_neg", "txt"), ("kind_neg", "txt"))]
     return summary.get("fingerprint") == pl.fingerprint and classes == pl.classes \
         and all((dest / f).is_file() for f in files)
 

@@ -182,3 +182,32 @@ def test_summary_lists_counts(filled, table):
     summary = json.loads((filled / "dataset" / "summary.json").read_text())
     assert summary["size"] == 64 and summary["resize_mode"] == "squash" and summary["left_out"] == []
     assert sum(summary["totals"].values()) == 42
+
+
+def negatives_folder(root, seeds):
+    folder = root / "negatives"
+    folder.mkdir()
+    for s in seeds:
+        (folder / f"{s}.png").write_bytes(encode(photo(s, 64, 48), "PNG"))
+    return folder
+
+
+def test_a_negative_photo_replaced_by_another_of_the_same_size_repacks(filled, table, tmp_path):
+    negatives = negatives_folder(tmp_path, range(500, 520))
+    first = build(filled, table, negatives=negatives)
+    target = negatives / "500.png"
+    other = bytearray(target.read_bytes())
+    other[-20] ^= 0xFF  # same size, other bytes
+    target.write_bytes(bytes(other))
+    second = build(filled, table, negatives=negatives)
+    assert not second.up_to_date and second.fingerprint != first.fingerprint
+
+
+def test_missing_negative_arrays_make_the_dataset_stale(filled, table, tmp_path):
+    negatives = negatives_folder(tmp_path, range(500, 520))
+    build(filled, table, negatives=negatives)
+    assert build(filled, table, negatives=negatives).up_to_date
+    for f in (filled / "dataset").glob("xneg_*.npy"):
+        f.unlink()
+    assert not build(filled, table, negatives=negatives).up_to_date
+    assert all((filled / "dataset" / f"xneg_{s}.npy").is_file() for s in dataset.SPLITS)
