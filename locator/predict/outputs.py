@@ -127,8 +127,11 @@ def write_csv(path, results) -> None:
 
 def tfserving(results) -> dict:
     """The study's response shape: {"predictions": [[p0, p1, ...], ...]}, the model's outputs in class order
-    (plus the background column last when the model has one), one row per readable photo."""
-    return {"predictions": [[float(p) for p in r.probs] for r in results if r.ok]}
+    (plus the background column last when the model has one). Every photo keeps its row, so row i answers input
+    i; an unreadable photo's row is TF Serving's error object, {"error": "<file>: <reason>: <detail>"}."""
+    return {"predictions": [[float(p) for p in r.probs] if r.ok else
+                            {"error": f"{r.photo.name}: {r.reason}" + (f": {r.detail}" if r.detail else "")}
+                            for r in results]}
 
 
 # --- the contact sheet ---

@@ -166,21 +166,27 @@ def test_every_format_parses_back_and_bad_files_do_not_stop_the_others(world, tm
     assert not list(out.glob(".tmp-*"))
 
 
-def test_tfserving_rows_are_probabilities_in_class_order(world, tmp_path, capsys, caplog):
+def test_tfserving_gives_every_photo_its_row_in_input_order_and_unreadable_ones_an_error(world, tmp_path, capsys,
+                                                                                          caplog):
     folder = tmp_path / "photos"
-    order = [2, 0, 1, 1]
+    order = [2, 0, None, 1, 1]  # None: an unreadable file between readable ones
     for i, c in enumerate(order):
-        save(place_photo(c, 900 + i), folder / f"{i}.jpg")
-    (folder / "9_broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+        if c is None:
+            (folder / f"{i}_broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+        else:
+            save(place_photo(c, 900 + i), folder / f"{i}.jpg")
     assert run_predict(world, folder, "--format", "tfserving", "--no-sheet") == 0
     captured = capsys.readouterr()
     rows = json.loads(captured.out)["predictions"]  # stdout is the JSON and nothing else
-    assert len(rows) == len(order)  # one row per readable photo
+    assert len(rows) == len(order)  # one row per input photo, so row i is photo i
     for row, c in zip(rows, order):
+        if c is None:
+            assert set(row) == {"error"} and row["error"].startswith("2_broken.jpg: ")
+            continue
         assert len(row) == len(PLACES) + 1  # the places in class order, then the background output
         assert math.isclose(sum(row), 1.0, abs_tol=1e-4)
         assert int(np.argmax(row)) == c
-    assert "9_broken.jpg" in caplog.text and "unreadable" in caplog.text
+    assert "2_broken.jpg" in caplog.text and "unreadable" in caplog.text
 
 
 # --- "not one of our places" ---
