@@ -151,7 +151,7 @@ def _number(v, what: str, row: int, lo: float, hi: float, sheet: str) -> float:
         x = float(v)
     except (TypeError, ValueError):
         raise UserError(f"{sheet} row {row}: {what} {v!r} is not a number; write decimal degrees, e.g. 37.5512")
-    if not (lo <= x <= hi) or math.isnan(x):
+    if not lo <= x <= hi:  # NaN fails it too
         raise UserError(f"{sheet} row {row}: {what} {x:g} is out of range; it must be between {lo:g} and {hi:g}")
     return x
 
@@ -204,7 +204,7 @@ def load(path=config.PLACES) -> PlaceTable:
         raise UserError(f"{path}: no sheet named 'places' (sheets: {', '.join(wb.sheetnames)})")
     ws = wb["places"]
     col = _header(ws, PLACE_COLUMNS, "places", path)
-    places = []
+    places, folders = [], {}
     for row, values in enumerate(ws.iter_rows(min_row=2, values_only=True), start=2):
         if all(_text(v) == "" for v in values):
             continue  # blank rows (often left at the end by Excel) are not places
@@ -216,20 +216,18 @@ def load(path=config.PLACES) -> PlaceTable:
         queries = tuple(t.strip() for t in _text(get("query")).split(";") if t.strip())
         if not queries:
             raise UserError(f"places row {row}: query is empty; write search terms separated by ';'")
-        places.append(Place(index, name, queries,
-                            _number(get("latitude"), "latitude", row, -90, 90, "places"),
-                            _number(get("longitude"), "longitude", row, -180, 180, "places"),
-                            _text(get("address")), _text(get("description"))))
-        if len(places) > config.MAX_PLACES:
-            raise UserError(f"{path}: more than {config.MAX_PLACES} places; two hex digits name at most 256")
-    if len(places) < config.MIN_PLACES:
-        raise UserError(f"{path}: {len(places)} place(s); a classifier needs at least {config.MIN_PLACES}")
-    folders = {}
-    for p in places:
+        p = Place(index, name, queries,
+                  _number(get("latitude"), "latitude", row, -90, 90, "places"),
+                  _number(get("longitude"), "longitude", row, -180, 180, "places"),
+                  _text(get("address")), _text(get("description")))
+        _check_folder("places", row, p)
         if p.folder in folders:
-            raise UserError(f"places: '{p.index}' and '{folders[p.folder]}' share the first query term "
+            raise UserError(f"places row {row}: '{p.index}' and '{folders[p.folder]}' share the first query term "
                             f"'{p.queries[0]}'; make it unique (it names the place's photo folder)")
         folders[p.folder] = p.index
+        places.append(p)
+    if len(places) < config.MIN_PLACES:
+        raise UserError(f"{path}: {len(places)} place(s); a classifier needs at least {config.MIN_PLACES}")
 
     attractions = []
     if "attractions" in wb.sheetnames:
@@ -249,6 +247,14 @@ def load(path=config.PLACES) -> PlaceTable:
     background = _background(wb, path, places) if "background" in wb.sheetnames else []
     wb.close()
     return PlaceTable(path, places, attractions, background)
+
+
+def _check_folder(sheet: str, row: int, entry) -> None:
+    """The first search term names a folder (data/raw/<index>/ of a local collection, data/background/<folder>/):
+    it must stay one path component, so "a/b" or "../x" can never reach outside the folder meant for it."""
+    if not _FOLDER.match(entry.folder):
+        raise UserError(f"{sheet} row {row}: the first term {entry.queries[0]!r} names the folder "
+                        f"'{entry.folder}'; start it with a letter or digit and use no '/'")
 
 
 def _background(wb, path, places) -> list:
@@ -274,9 +280,7 @@ def _background(wb, path, places) -> list:
                             f"{', '.join(BACKGROUND_KINDS)}; write landmark (other landmarks and buildings) or "
                             "everyday (no landmark at all)")
         b = Background(queries, kind)
-        if not _FOLDER.match(b.folder):
-            raise UserError(f"background row {row}: the first term {queries[0]!r} names the folder "
-                            f"'{b.folder}'; start it with a letter or digit and use no '/'")
+        _check_folder("background", row, b)
         if b.folder in folders:
             raise UserError(f"background row {row}: the first term {queries[0]!r} names the same folder "
                             f"'{b.folder}' as row {folders[b.folder]}; make it unique or join the two rows")

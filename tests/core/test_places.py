@@ -82,7 +82,10 @@ def test_blank_rows_are_skipped(tmp_path):
     ("bad_latitude", r"row 3: latitude 95 is out of range"),
     ("text_longitude", r"row 3: longitude 'east' is not a number"),
     ("empty_latitude", r"row 3: latitude is empty"),
-    ("same_first_term", r"'01' and '00' share the first query term"),
+    ("same_first_term", r"places row 3: '01' and '00' share the first query term"),
+    ("slash_first_term", r"places row 3: the first term 'a/b' names the folder 'a/b'; start it with a letter or "
+                         r"digit and use no '/'"),
+    ("dotdot_first_term", r"places row 3: the first term '\.\./etc' names the folder '\.\./etc'"),
     ("too_few", r"1 place\(s\); a classifier needs at least 2"),
 ])
 def test_bad_places_rows(tmp_path, case, expect):
@@ -110,6 +113,10 @@ def test_bad_places_rows(tmp_path, case, expect):
         r1[3] = None
     elif case == "same_first_term":
         r1[2] = rows[0][2] + ";other"
+    elif case == "slash_first_term":
+        r1[2] = "a/b;other"
+    elif case == "dotdot_first_term":
+        r1[2] = "../etc"
     if case != "duplicate":
         rows[1] = tuple(r1)
     if case == "too_few":
