@@ -1,12 +1,12 @@
 """Step 1: collect photos of every place into data/raw/<index>/ (numbered files + manifest.jsonl).
 
     python crawl.py                                   # Wikimedia Commons, 300 photos a place
-    python crawl.py --api-url http://127.0.0.1:8765/w/api.php --out /tmp/raw
+    python crawl.py --api-url http://127.0.0.1:8765/w/api.php --data /tmp/d     # into /tmp/d/raw/
     python crawl.py --engine folder --source ../shared/datasets/indian_monuments/photos
     python crawl.py --no-background                   # places only
 
 After the places, the queries of the table's `background` sheet (photos of none of our places) fill
-data/background/<folder>/ (beside --out) up to --per-query each, with the same engine, checks and manifest.
+DATA/background/<folder>/ (beside DATA/raw/) up to --per-query each, with the same engine, checks and manifest.
 A re-run tops every folder up to --per-place and skips URLs and contents it already has; after kill -9 it first
 tidies what the killed run left. Exit 2 for bad input; 1 when nothing could be collected (no results, a failing
 search, or still no photo at all), or when the search host was given up midway (unreachable, or it asked for a
@@ -30,7 +30,7 @@ log = logging.getLogger("crawl")
 
 
 def parse_args(argv=None):
-    ap = ArgumentParser(description="Collect photos of each place into OUT/<index>/.")
+    ap = ArgumentParser(description="Collect photos of each place into DATA/raw/<index>/.")
     ap.add_argument("--places", type=Path, default=config.PLACES, help="place table (default %(default)s)")
     ap.add_argument("--engine", choices=engines.names(), default=config.ENGINE, help="default %(default)s")
     ap.add_argument("--api-url", help="the engine's endpoint: a mirror or a local test server")
@@ -52,11 +52,18 @@ def parse_args(argv=None):
                     f"policy asks for one; default ${config.CONTACT_ENV}, else the project's page, with a warning)")
     ap.add_argument("--timeout", type=float, default=config.CRAWL_READ_TIMEOUT,
                     help="read timeout in seconds (default %(default)s)")
-    ap.add_argument("--out", type=Path, default=config.raw_dir(config.DATA), help="default %(default)s")
+    ap.add_argument("--data", type=Path, help=f"data root, as for every step: photos go to DATA/raw/<index>/, "
+                    f"background photos to DATA/background/ (default {config.DATA})")
+    ap.add_argument("--out", type=Path, metavar="RAW", help="the raw folder itself instead of --data (DATA/raw: "
+                    "its parent is the data root)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. under cron)")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     at_least(ap, a, 1, "per_place", "per_query", "workers", "per_host")
+    if a.data and a.out:
+        ap.error(f"--data and --out both say where photos go; give --data {a.out.parent} or --out alone")
+    a.out = a.out or config.raw_dir(a.data or config.DATA)
+    a.data = a.out.parent
     if a.timeout <= 0:
         ap.error("--timeout must be positive")
     return a
