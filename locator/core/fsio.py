@@ -17,6 +17,23 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+STAMP = "%Y%m%d-%H%M%S"  # a folder's name from its UTC time: sorts as text in time order
+
+
+def stamped_dir(parent) -> Path:
+    """A fresh, empty folder in `parent` named by the UTC time, YYYYmmdd-HHMMSS (a second later if taken). UTC as
+    now_iso(): names keep time order across time zones and clock changes, so the newest folder sorts last and
+    its name agrees with the stamps inside it. Model runs and pipeline.py's run logs are named so."""
+    now = dt.datetime.now(dt.timezone.utc)
+    while True:
+        folder = Path(parent) / now.strftime(STAMP)
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            now += dt.timedelta(seconds=1)
+
+
 @contextlib.contextmanager
 def atomic_path(path, suffix=None, fsync: bool = True):
     """Yield a temporary path beside `path`; on success it is fsynced and renamed over `path`, else removed.

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from locator.core import config, places
 from locator.core.errors import Busy, UserError
-from locator.core.fsio import atomic_write_json, exclusive, now_iso
+from locator.core.fsio import atomic_write_json, exclusive, now_iso, stamped_dir
 from locator.core.metrics import summary
 from locator.core.tables import format_table
 from locator.crawl.rawstore import RawFolder
@@ -59,8 +59,8 @@ def locked(cfg):
 
 @contextlib.contextmanager
 def run_folder(cfg):
-    """logs/<YYYYmmdd-HHMMSS>/ with pipeline.log receiving this process's log records while the run lasts."""
-    folder = runs.stamped_dir(cfg.logs)
+    """logs/<YYYYmmdd-HHMMSS>/ (UTC) with pipeline.log receiving this process's log records while the run lasts."""
+    folder = stamped_dir(cfg.logs)
     handler = logging.FileHandler(folder / "pipeline.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()

@@ -1,16 +1,16 @@
-"""Model runs (models/runs/<YYYYmmdd-HHMMSS>/) and which one is current (models/current): the model contract.
+"""Model runs (models/runs/<YYYYmmdd-HHMMSS>/, UTC) and which one is current (models/current): the model contract.
 
 A run folder holds model.h5 (architecture + weights, no optimizer), metadata.json (what every consumer reads),
 metrics.json, plots/, logs/ (TensorBoard) and checkpoints/ (for --resume). `models/current` is a one-line file
 naming the run folder, replaced atomically, so a reader never sees a half-switched model.
 """
-import datetime as dt
 import json
 import os
 import platform
 from pathlib import Path
 
 from locator.core.errors import UserError
+from locator.core.fsio import stamped_dir
 
 CURRENT = "current"
 METADATA_KEYS = ("name", "created", "arch", "precision", "epochs", "input_size", "resize_mode", "classes",
@@ -22,21 +22,8 @@ def runs_dir(models) -> Path:
 
 
 def new_run(models) -> Path:
-    """A fresh, empty run folder named by the time (a second later if that name is taken)."""
+    """A fresh, empty run folder named by the UTC time (fsio.stamped_dir)."""
     return stamped_dir(runs_dir(models))
-
-
-def stamped_dir(parent) -> Path:
-    """A fresh, empty folder in `parent` named by the local time, YYYYmmdd-HHMMSS (a second later if taken):
-    names sort in time order. Model runs and pipeline.py's run logs are named so."""
-    now = dt.datetime.now()
-    while True:
-        folder = Path(parent) / now.strftime("%Y%m%d-%H%M%S")
-        try:
-            folder.mkdir(parents=True)
-            return folder
-        except FileExistsError:
-            now += dt.timedelta(seconds=1)
 
 
 def unfinished_run(models):
