@@ -142,8 +142,8 @@ _ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4:
 def _upright(img: Image.Image) -> Image.Image:
     """The photo turned as its EXIF orientation says (ImageOps.exif_transpose's turns). Not exif_transpose itself:
     after turning, it rewrites the EXIF, and odd EXIF (a negative SRATIONAL GPS altitude) makes that raise
-    struct.error, a 500 in serve.py and a quarantined valid photo in preprocess (issue 14); the pixels never
-    needed the rewrite. EXIF that cannot be read at all: the photo as stored, with a note in info["note"]."""
+    struct.error, a 500 in serve.py and a quarantined valid photo in preprocess; the pixels never need the
+    rewrite. EXIF that cannot be read at all: the photo as stored, with a note in info["note"]."""
     try:
         method = _ORIENT.get(int(img.getexif().get(0x0112, 1)))
     except Exception as e:  # noqa: BLE001 - any EXIF surprise: the pixels are fine
@@ -206,7 +206,8 @@ def decode(src, min_side: int = config.MIN_SIDE, max_pixels: int = config.MAX_PI
 def draft_for(size: int) -> int:
     """The JPEG draft target for a size x size output: libjpeg decodes at 1/2, 1/4 or 1/8 scale as long as both
     sides stay >= this. Its DCT scaling averages blocks (a clean box filter), so drafting down to the output size
-    itself loses nothing a 64x64 image can show, and decodes a 600x400 photo 1.7x faster than drafting to twice it.
+    itself loses nothing a 64x64 image can show, and decodes faster than drafting to twice it (the figure, with
+    its CPU: docs/results.md, preprocess).
 
     Everything that must give normalise()'s pixels (preprocess, predict, serve) asks here, never repeats it.
     """

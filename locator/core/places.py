@@ -105,7 +105,7 @@ class PlaceTable:
 
     def nearby(self, place: Place, k: int = 5, radius_km: float = config.NEARBY_KM) -> list:
         """The k attractions nearest to `place` within radius_km: [(Attraction, km)] by great-circle distance.
-        Without the radius a table with few attractions offered ones 1,159 km away as "nearby"."""
+        The radius keeps a table with few attractions from offering ones in another region as "nearby"."""
         ranked = sorted(((a, haversine_km(place.latitude, place.longitude, a.latitude, a.longitude))
                          for a in self.attractions), key=lambda t: t[1])
         return [(a, km) for a, km in ranked[:k] if km <= radius_km]

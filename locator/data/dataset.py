@@ -321,7 +321,7 @@ def load_negatives(dataset_dir, split: str):
 
 def load_negative_kinds(dataset_dir, split: str):
     """The kind of each xneg row (np.ndarray of str: landmark | everyday | negatives), or None without xneg. A
-    dataset from before kinds were recorded held data/negatives only."""
+    dataset without kind_neg_<split>.txt (an older dataset.py wrote none) holds data/negatives' photos only."""
     d = Path(dataset_dir)
     if not (d / f"xneg_{split}.npy").exists():
         return None

@@ -291,7 +291,8 @@ def _process_all(todo, opt, manifest, summary) -> list:
 
 def _warm_up():
     """Import, once and before the pool forks, what the first photo would make each worker import: imagehash.phash
-    imports scipy.fftpack on its first call (0.3 s of CPU per process) and Pillow loads its format plugins lazily."""
+    imports scipy.fftpack on its first call (a slow import, paid by every process) and Pillow loads its format
+    plugins lazily."""
     import scipy.fftpack  # noqa: F401
     from PIL import Image
 
