@@ -19,17 +19,23 @@ It enforces what the live services enforce, so that a test fails where Wikimedia
   the original when that is not smaller), a hand-made /thumb/ URL of another width is refused (400);
 - on request (`api_errors`, for tests), MediaWiki's busy answers: HTTP 200 with an error code `maxlag` or
   `ratelimited` and Retry-After, or a plain 429 with Retry-After.
+A hostile server, on request (tests, `bench/crawl_bench.py --hostile`):
+- `flaky=N`: about one request in N (a seeded draw) is answered with a recoverable 429 (Retry-After
+  `flaky_retry_after`) or 500, half each, as a busy server does now and then whatever the client's rate;
+- `traps=N`: every Nth search result is a trap, one of TRAPS in turn: a missing file, an HTML page, bytes that
+  are no photo, a cut-off JPEG, an answer that takes `trap_delay` seconds and is then missing.
 Bing's `first` is 1-based; past the end Bing repeats its last results, and so does this server.
 
 Run it for a demo:   python tools/search_server.py --root DIR --port 8765 --latency 0.05
 or in a test:        with SearchServer(root, latency=0.05) as server: server.api_url ...
 `extra` puts more results (any URLs: broken, slow, file://) before a folder's own, for fault tests.
-`peak` holds the most concurrent requests seen per kind ("media", "api"), `throttled` the 429s sent, `log` the
-(path, query, User-Agent) of every request.
+`peak` holds the most concurrent requests seen per kind ("media", "api"), `throttled` the 429s sent, `flaked` the
+429s and 500s of `flaky`, `log` the (path, query, User-Agent) of every request.
 """
 import html
 import json
 import mimetypes
+import random
 import re
 import sys
 import threading
@@ -52,6 +58,7 @@ MEDIA_LIMIT = 2   # Wikimedia's robot policy: a total concurrency of at most 2 o
 # `<client>/<version> (<contact>) <library>/<version>`, the contact an email address or a URL
 _USER_AGENT = re.compile(r"^[^\s/()]+/[^\s()]+ \([^()]*(?:[^\s@();]+@[^\s@();]+\.\w+|https?://[^\s();]+)[^()]*\)"
                          r"(?: [^\s/()]+/[^\s()]+)+$")
+TRAPS = ("missing", "page", "garbage", "truncated", "slow")
 UA_REFUSED = ("Please set a user-agent and respect our robot policy https://w.wiki/4wJS "
               "(format: client/version (contact) library/version)")
 
@@ -91,7 +98,8 @@ class SearchServer(ThreadingHTTPServer):
     daemon_threads = True  # a slow handler never keeps a test process alive
 
     def __init__(self, root, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0, extra=None,
-                 verbose: bool = False, media_limit: int = MEDIA_LIMIT):
+                 verbose: bool = False, media_limit: int = MEDIA_LIMIT, flaky: int = 0, traps: int = 0,
+                 seed: int = 0):
         super().__init__((host, port), _Handler)
         self.library = Library(root)
         self.latency = latency          # seconds added to every request (may be changed while running)
@@ -100,7 +108,10 @@ class SearchServer(ThreadingHTTPServer):
         self.media_limit = media_limit  # concurrent photo requests above this get 429 (0: no limit)
         self.api_errors = []            # [(code, retry_after)] answered to the next API requests, in order:
                                         # code "maxlag" | "ratelimited" (HTTP 200 + error) or 429 (HTTP 429)
-        self.peak, self.throttled, self.log = {"media": 0, "api": 0}, 0, []
+        self.flaky, self.flaky_retry_after = flaky, 1  # one request in `flaky` gets a 429 or 500 (0: none)
+        self.traps, self.trap_delay = traps, 1.0        # every `traps`th result is a trap (0: none)
+        self._draw = random.Random(seed)
+        self.peak, self.throttled, self.flaked, self.log = {"media": 0, "api": 0}, 0, 0, []
         self._busy, self._count_lock = {"media": 0, "api": 0}, threading.Lock()
         self._thread = None
 
@@ -137,9 +148,22 @@ class SearchServer(ThreadingHTTPServer):
         """[(url, folder, name)] for a search term: extras first, then the folder's photos."""
         folder = folder_name(_KEYWORD.sub(" ", term))
         out = [(url, folder, "") for url in self.extra.get(folder, ())]
-        out += [(f"{self.base_url}/files/{quote(folder)}/{quote(name)}", folder, name)
-                for name in self.library.files(folder)]
+        for name in self.library.files(folder):
+            if self.traps and len(out) % self.traps == self.traps - 1:
+                kind = TRAPS[len(out) // self.traps % len(TRAPS)]
+                out.append((f"{self.base_url}/trap/{kind}/{quote(folder)}-{len(out)}.jpg", folder, ""))
+            out.append((f"{self.base_url}/files/{quote(folder)}/{quote(name)}", folder, name))
         return out
+
+    def flakes(self) -> int:
+        """The status of a flaky answer to this request: 429, 500, or 0 (answer it properly)."""
+        if not self.flaky:
+            return 0
+        with self._count_lock:
+            if self._draw.randrange(self.flaky):
+                return 0
+            self.flaked += 1
+            return 429 if self._draw.random() < 0.5 else 500
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -173,6 +197,12 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "media" and over:
                 return self._send(429, "text/plain", "Too many concurrent requests (robot policy: at most "
                                   f"{srv.media_limit})", {"Retry-After": "1"})
+            flake = srv.flakes()
+            if flake == 429:
+                return self._send(429, "text/plain", "Too many requests",
+                                  {"Retry-After": str(srv.flaky_retry_after)})
+            if flake:
+                return self._send(500, "text/plain", "Internal error, try again")
             if srv.latency:
                 time.sleep(srv.latency)
             self._route(path, query)
@@ -188,6 +218,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._bing(query)
         elif path.startswith(("/files/", "/thumb/")):
             self._file(path)
+        elif path.startswith("/trap/"):
+            self._trap(path.split("/")[2])
         elif path.startswith("/wiki/File:"):
             name = html.escape(path[len("/wiki/File:"):])
             self._send(200, "text/html; charset=utf-8", f"<html><body><h1>File:{name}</h1></body></html>")
@@ -216,6 +248,17 @@ class _Handler(BaseHTTPRequestHandler):
                                   "https://w.wiki/GHai. Please contact noc@wikimedia.org for further information")
         ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
         self._send(200, ctype, file.read_bytes())
+
+    def _trap(self, kind: str):
+        if kind == "page":
+            return self._send(200, "text/html; charset=utf-8", "<html><body>a page, not a photo</body></html>")
+        if kind == "garbage":
+            return self._send(200, "image/jpeg", bytes(range(256)) * 8)
+        if kind == "truncated":
+            return self._send(200, "image/jpeg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(500))
+        if kind == "slow":
+            time.sleep(self.server.trap_delay)
+        self._send(404, "text/plain", "no such file")
 
     def _commons(self, q: dict):
         if self.server.api_errors:
@@ -263,9 +306,9 @@ class _Handler(BaseHTTPRequestHandler):
                                "source": "commons-desc-page"}}}
         if width and name:  # Commons adds a thumbnail when iiurlwidth is given, at the next standard width up
             step = next((s for s in THUMB_WIDTHS if s >= width), THUMB_WIDTHS[-1])
-            if w and step < w:
+            if w and step < w:  # thumbwidth says the asked width, not the step's (Phabricator T388792)
                 info.update(thumburl=f"{base}/thumb/{quote(folder)}/{quote(name)}/{step}px-{quote(name)}",
-                            thumbwidth=width, thumbheight=round(h * width / w))  # T388792: the asked width
+                            thumbwidth=width, thumbheight=round(h * width / w))
             else:  # not smaller than the original: the original itself
                 info.update(thumburl=url, thumbwidth=w, thumbheight=h)
         elif width:
@@ -302,13 +345,17 @@ def main(argv=None) -> int:
     ap.add_argument("--media-limit", type=int, default=MEDIA_LIMIT,
                     help="concurrent photo requests above this are answered 429 (default %(default)s, Wikimedia's "
                          "robot policy; 0: no limit)")
+    ap.add_argument("--flaky", type=int, default=0, metavar="N",
+                    help="answer about one request in N with a recoverable 429 or 500 (default 0: none)")
+    ap.add_argument("--traps", type=int, default=0, metavar="N",
+                    help="make every Nth search result a trap (missing, a page, no photo, cut off, slow; 0: none)")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = ap.parse_args(argv)
     setup_logging(args.verbose)
     if not args.root.is_dir():
         raise UserError(f"--root {args.root} is not a folder")
     server = SearchServer(args.root, args.host, args.port, args.latency, verbose=args.verbose,
-                          media_limit=args.media_limit)
+                          media_limit=args.media_limit, flaky=args.flaky, traps=args.traps)
     # The first stdout line is the API URL, so that a script that started us with --port 0 can read it.
     print(server.api_url, flush=True)
     print(f"serving {args.root} (Commons API {server.api_url}, Bing {server.bing_url}); Ctrl-C stops",
