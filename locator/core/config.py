@@ -75,6 +75,8 @@ CRAWL_MAX_RETRY_AFTER = 30.0         # a Retry-After up to this pauses the host 
 CRAWL_HOST_DOWN_AFTER = 3            # consecutive connection failures (DNS, refused, connect timeout) that mark a
                                # host unreachable for the rest of the run: offline, 168 s were spent before
 CRAWL_SLOWDOWN_MAX = 8.0             # seconds: each 429 from a host doubles its gap between requests up to this
+CRAWL_SPEEDUP_AFTER = 8              # answers in a row without a 429 that halve a host's gap back (none left below
+                               # CRAWL_BACKOFF): a host that throttled for a while gets its speed back
 MAXLAG = 5                           # MediaWiki maxlag (seconds of replica lag): the value Wikimedia recommends
 CRAWL_MAX_BYTES = 15 * 1024 * 1024   # byte cap per downloaded image
 THUMB_WIDTH = 500              # Commons thumbnail width: plenty for 64x64 training, and a standard width

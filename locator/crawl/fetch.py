@@ -3,9 +3,13 @@
 Every web request of the project goes through a `Fetcher`, so that politeness and safety are decided in one place:
 - concurrency per (lane, host): an engine names its lanes' limits (Commons: its media host at most 2 at a time,
   as Wikimedia's robot policy asks; search/API requests one at a time); other hosts get `per_host`;
-- a host that answers 429 or Retry-After is paused as a whole (every thread waits), repeated 429s space its
-  requests further apart for the rest of the run, and a Retry-After longer than the cap stops that host with a
-  message naming the wait (never shortened);
+- a host that answers 429 or Retry-After is paused as a whole (every thread waits), and a Retry-After longer
+  than the cap stops that host with a message naming the wait (never shortened);
+- each 429 doubles the gap between a host's request starts (up to `CRAWL_SLOWDOWN_MAX`), and every
+  `CRAWL_SPEEDUP_AFTER` answers in a row without one halve it, down to none: a host that keeps throttling stays
+  slow, one that throttled for a while gets its speed back. Halving, not a fixed step off the gap per answer,
+  undoes a doubling in the same number of answers at any gap; with a step, one doubling at gap g takes g/step
+  answers to undo, so a 429 now and then that has nothing to do with our rate would ratchet the gap up;
 - a host that cannot be reached (DNS, refused, connect timeout) `CRAWL_HOST_DOWN_AFTER` times in a row is given
   up for the run, so an offline crawl ends in seconds with the real cause;
 - http/https only, a byte cap while streaming, content type and magic bytes checked.
@@ -67,7 +71,9 @@ class _Host:
         self.name = name
         self.lock = threading.Lock()
         self.next_start = 0.0      # monotonic time before which no request starts (a pause, or the gap below)
-        self.gap = 0.0             # seconds between request starts; grows with each 429, for the rest of the run
+        self.gap = 0.0             # seconds between request starts: doubled by a 429, halved by a run of answers
+        self.streak = 0            # answers without a 429 since the gap last changed
+        self.warned = False        # the first slowdown is a warning; the ones after a recovery are debug lines
         self.unreachable = 0       # consecutive connection failures
         self.stopped: HostStopped | None = None
 
@@ -100,11 +106,12 @@ class Fetcher:
                  max_retry_after: float = config.CRAWL_MAX_RETRY_AFTER, max_bytes: int = config.CRAWL_MAX_BYTES,
                  max_redirects: int = config.MAX_REDIRECTS, deadline: float = config.DOWNLOAD_DEADLINE,
                  user_agent: str | None = None, limits: dict | None = None,
-                 down_after: int = config.CRAWL_HOST_DOWN_AFTER, slowdown_max: float = config.CRAWL_SLOWDOWN_MAX):
+                 down_after: int = config.CRAWL_HOST_DOWN_AFTER, slowdown_max: float = config.CRAWL_SLOWDOWN_MAX,
+                 speedup_after: int = config.CRAWL_SPEEDUP_AFTER):
         self.timeout = (connect_timeout, read_timeout)
         self.retries, self.backoff, self.max_retry_after = retries, backoff, max_retry_after
         self.max_bytes, self.deadline = max_bytes, deadline
-        self.down_after, self.slowdown_max = down_after, slowdown_max
+        self.down_after, self.slowdown_max, self.speedup_after = down_after, slowdown_max, speedup_after
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent or build_user_agent(config.CONTACT)
         self.session.max_redirects = max_redirects
@@ -158,10 +165,6 @@ class Fetcher:
         body, _ = self._get(url, None, _IMAGE_TYPES, lane)
         return body, image_ext(body)
 
-    def get(self, url: str, params=None, accept=None, lane: str = ""):
-        """(body bytes, Content-Type header) of a GET, with retries. Raises FetchError."""
-        return self._get(url, params, accept, lane)
-
     def host_state(self, url: str) -> _Host:
         netloc = urlsplit(url).netloc.lower()
         with self._hosts_lock:
@@ -208,11 +211,26 @@ class Fetcher:
 
     def _slow_down(self, host: _Host) -> None:
         with host.lock:
-            old = host.gap
+            first = not host.warned
             host.gap = min(max(2 * host.gap, self.backoff), self.slowdown_max)
-        if old == 0:
-            log.warning("%s answers 429 (too many requests): its requests are spaced %.2g s apart from now on, "
-                        "more after each further 429", host.name, host.gap)
+            host.streak, host.warned = 0, True
+        log.debug("%s answers 429: %.2g s between its requests", host.name, host.gap)
+        if first:
+            log.warning("%s answers 429 (too many requests): its requests are spaced %.2g s apart, more after "
+                        "each further 429, less after each %d answers in a row without one",
+                        host.name, host.gap, self.speedup_after)
+
+    def _answered(self, host: _Host) -> None:
+        """An answer that was no 429: a run of them halves the gap; below the backoff step it is gone."""
+        with host.lock:
+            if host.gap == 0:
+                return
+            host.streak += 1
+            if host.streak < self.speedup_after:
+                return
+            host.streak = 0
+            host.gap = host.gap / 2 if host.gap / 2 >= self.backoff else 0.0
+        log.debug("%s answered %d in a row: %.2g s between its requests", host.name, self.speedup_after, host.gap)
 
     def _unreachable(self, host: _Host, e: Exception) -> _Retry:
         """A connection failure: counted; after down_after in a row the host is given up for the run."""
@@ -256,9 +274,11 @@ class Fetcher:
 
     def _read(self, resp: requests.Response, accept, host: _Host):
         status = resp.status_code
-        if status == 429 or status >= 500:
-            raise _Retry(FetchError(f"http_{status}"), retry_after(resp.headers.get("Retry-After")),
-                         throttled=status == 429)
+        if status == 429:
+            raise _Retry(FetchError("http_429"), retry_after(resp.headers.get("Retry-After")), throttled=True)
+        self._answered(host)
+        if status >= 500:
+            raise _Retry(FetchError(f"http_{status}"), retry_after(resp.headers.get("Retry-After")))
         if status != 200:
             raise FetchError(f"http_{status}", _first_line(resp))
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()

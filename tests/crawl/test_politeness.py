@@ -99,7 +99,7 @@ def test_the_old_eight_per_host_would_be_throttled(tmp_path, search):
     assert rep.saved + sum(rep.failed.values()) == 12
 
 
-def test_repeated_429s_slow_the_host_down_for_the_rest_of_the_run():
+def test_repeated_429s_space_the_host_s_requests_apart():
     hits = []
 
     def handler(request):
@@ -123,6 +123,70 @@ def test_repeated_429s_slow_the_host_down_for_the_rest_of_the_run():
         web.stop()
     assert gap == pytest.approx(0.4)  # 0.1, doubled per 429
     assert spent >= 2 * gap  # the later requests keep the gap, though they were answered at once
+
+
+def burst_server(bursts):
+    """A server on 127.0.0.1 whose photo is answered 429 (Retry-After: 0) to the requests numbered in `bursts`
+    (1-based), and served to every other; `hits` holds when each request came."""
+    hits = []
+
+    def handler(request):
+        hits.append(time.monotonic())
+        if len(hits) in bursts:
+            return Response("slow down", status=429, headers={"Retry-After": "0"})
+        return Response(encode(photo(1)), content_type="image/jpeg")
+
+    web = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    web.expect_request("/p.jpg").respond_with_handler(handler)
+    return web, hits
+
+
+def test_a_throttled_host_gets_its_speed_back_after_a_run_of_answers():
+    """429s for a while, then fine: each 429 doubles the gap, every 4 answers in a row halve it, down to none;
+    a later burst slows the host down again."""
+    web, hits = burst_server(bursts={1, 2, 3, 22, 23})
+    web.start()
+    try:
+        with Fetcher(**{**FAST, "retries": 3, "backoff": 0.02}, speedup_after=4) as f:
+            host = f.host_state(web.url_for("/"))
+            gaps = []
+            for _ in range(17):  # the first: three 429s, then the photo
+                f.get_image(web.url_for("/p.jpg"))
+                gaps.append(host.gap)
+            f.get_image(web.url_for("/p.jpg"))  # request 21, at full speed
+            f.get_image(web.url_for("/p.jpg"))  # requests 22-24: a second burst of two 429s
+            after_second = host.gap
+    finally:
+        web.stop()
+    assert gaps[0] == pytest.approx(0.08)  # 0.02, doubled per 429
+    # halved after every 4 answers in a row (the photo after the 429s is the first), and gone below the backoff
+    assert gaps == pytest.approx([0.08] * 3 + [0.04] * 4 + [0.02] * 4 + [0.0] * 6)
+    assert len(hits) == 24 and after_second == pytest.approx(0.04)
+
+
+def test_answers_between_429s_keep_the_host_slow():
+    """A host that keeps throttling (a 429 every third request) never gets a run long enough to speed up."""
+    web, hits = burst_server(bursts=set(range(3, 40, 3)))
+    web.start()
+    try:
+        with Fetcher(**{**FAST, "retries": 3, "backoff": 0.01, "slowdown_max": 0.04}, speedup_after=4) as f:
+            for _ in range(12):
+                f.get_image(web.url_for("/p.jpg"))
+            gap = f.host_state(web.url_for("/")).gap
+    finally:
+        web.stop()
+    assert len(hits) == 12 + 5 and gap == pytest.approx(0.04)  # 12 photos, 5 429s between them; the gap at its cap
+
+
+def test_a_crawl_from_a_flaky_server_with_traps_still_fills_the_folder(tmp_path, search):
+    """The stand-in of `bench/crawl_bench.py --hostile`: random 429s and 500s are retried, each trap fails on its
+    own reason and costs no quota."""
+    server = search({"alpha": 16}, flaky=4, traps=4, seed=1)
+    server.flaky_retry_after, server.trap_delay = 0, 0.05
+    [rep] = run_crawl(table(tmp_path, "alpha"), server.api_url, tmp_path / "raw", 12, retries=5, speedup_after=4)
+    assert rep.saved == 12 and server.flaked > 0
+    # the first 15 results hold 3 traps: a missing file, an HTML page, bytes that are no photo
+    assert (rep.found, dict(rep.failed)) == (15, {"http_404": 1, "bad_type": 1, "not_image": 1})
 
 
 # --- thumbnails: standard widths only ----------------------------------------------------------------------------
@@ -248,7 +312,7 @@ def test_a_network_that_is_down_ends_the_crawl_within_seconds(tmp_path, caplog, 
     queries = [f"place {i};place {i} old;place {i} other" for i in range(8)]
     t0 = time.monotonic()
     assert crawl_cli("--places", table(tmp_path, *queries), "--api-url", url, "--out", tmp_path / "raw") == 1
-    assert time.monotonic() - t0 < 8  # was 8 places x 3 terms x 4 tries (about 30 s refused, minutes hanging)
+    assert time.monotonic() - t0 < 8  # not 8 places x 3 terms x 4 tries (about 30 s refused, minutes hanging)
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and errors[-1].startswith(f"nothing could be collected: {cause}")
     assert sum("search for" in r.getMessage() for r in caplog.records) == 1  # one search, then the host is given up
