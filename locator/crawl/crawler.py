@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from locator.core.images import ImageRejected, decode
+from locator.core.tables import format_table, totals
 from locator.crawl import engines
 from locator.crawl.fetch import FetchError, HostStopped
 from locator.crawl.rawstore import RawFolder
@@ -140,25 +141,12 @@ def _download(engine, cand, fetcher, folder: RawFolder):
 
 def summary_table(reports, per_place: int) -> str:
     """Plain-text table: one row per place and a total row."""
-    head = ("index", "place", "had", "found", "saved", "dups", "failed", "now", "failed by reason")
-    rows = []
-    for r in reports:
-        reasons = " ".join(f"{k}:{v}" for k, v in sorted(r.failed.items()))
-        rows.append((r.index, r.name[:32], r.had, r.found, r.saved, r.duplicates, sum(r.failed.values()),
-                     f"{r.total}/{per_place}", reasons))
-    total = Counter()
-    for r in reports:
-        total.update(r.failed)
-    rows.append(("", "total", sum(r.had for r in reports), sum(r.found for r in reports),
-                 sum(r.saved for r in reports), sum(r.duplicates for r in reports), sum(total.values()),
-                 sum(r.total for r in reports), " ".join(f"{k}:{v}" for k, v in sorted(total.items()))))
-    cells = [tuple(str(c) for c in row) for row in [head] + rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
-    numeric = {2, 3, 4, 5, 6, 7}
-    lines = []
-    for n, row in enumerate(cells):
-        lines.append("  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(row, widths))).rstrip())
-        if n == 0 or n == len(cells) - 2:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    head = ["index", "place", "had", "found", "saved", "dups", "failed", f"now/{per_place}", "failed by reason"]
+    rows = [[r.index, r.name[:32], r.had, r.found, r.saved, r.duplicates, sum(r.failed.values()), r.total,
+             _reasons(r.failed)] for r in reports]
+    failed = sum((r.failed for r in reports), Counter())
+    return format_table(head, rows, totals(head[:-1], rows) + [_reasons(failed)])
+
+
+def _reasons(failed: Counter) -> str:
+    return " ".join(f"{k}:{v}" for k, v in sorted(failed.items()))

@@ -565,3 +565,17 @@ def test_reconcile_spares_a_live_writer_s_temp_file(tmp_path):
         writer.wait()
     folder.reconcile(tmp_path)
     assert not live.exists()
+
+
+def test_the_summary_has_a_row_a_place_and_totals_the_failures_by_reason(tmp_path, search):
+    server = search({"alpha": 3, "beta": 2}, extra={"alpha": ["http://127.0.0.1:9/gone.jpg"]})  # port 9: refused
+    reports = run_crawl(table(tmp_path, "alpha", "beta"), server.api_url, tmp_path / "raw", 3)
+    lines = crawler.summary_table(reports, 3).splitlines()
+    assert lines[0].split() == ["index", "place", "had", "found", "saved", "dups", "failed", "now/3", "failed",
+                                "by", "reason"]
+    assert [line.split() for line in lines[2:4]] == [["00", "Alpha", "0", "4", "3", "0", "1", "3", "unreachable:1"],
+                                                      ["01", "Beta", "0", "2", "2", "0", "0", "2"]]
+    assert set(lines[1]) == set(lines[4]) == {"-", " "}  # a rule under the heading and above the total
+    assert lines[5].split() == ["total", "0", "6", "5", "0", "1", "5", "unreachable:1"]
+    end = lines[0].index("now/3") + len("now/3")  # numbers right-aligned under their heading, as in every step
+    assert [line[:end][-2:] for line in lines[2:4] + lines[5:]] == [" 3", " 2", " 5"]
