@@ -125,8 +125,7 @@ class Running:
                                 poll=poll, backend=backend).start()
         self.server = make_server(self.store, "127.0.0.1", 0, limits, learn)
         self.url = self.server.url
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
         self._thread.start()

@@ -23,7 +23,10 @@ def config_argv(path, parser) -> list:
     """A TOML config file as pipeline.py flags (so argparse checks its values like the command line's). Keys are
     the long flags without dashes (`per-place = 60` or `per_place = 60`); relative paths are relative to the
     file's folder; a *-args setting may be a string or a list."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: tomllib is the tomli package taken into the standard library
+        import tomli as tomllib
 
     path = Path(path)
     try:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
@@ -146,6 +147,6 @@ class Slot:
             out = fut.result(timeout=timeout)
             self.batch = getattr(fut, "batch", len(x))
             return out
-        except TimeoutError:
+        except FutureTimeout:  # on Python 3.10 not the built-in TimeoutError, which callers catch
             fut.cancel()
-            raise
+            raise TimeoutError(f"no answer within {timeout:g} s") from None

@@ -1,15 +1,15 @@
 """serve.py's HTTP server: asyncio connections, h11 for HTTP/1.1, the endpoints of locator.serve.api in threads.
 
-Why this stack (issue 14): h11 parses strictly by construction (one request line and header block, ASCII digits
-in Content-Length, a bounded head, a body always read or the connection closed before the next request, no
-second request taken from a body), python-multipart parses forms without recursion, and asyncio makes a silent
-or trickling client cost a few kB instead of a thread. The deadlines are ours, as no server library has them:
-a whole request (head and body) must arrive within `receive_timeout` of its first byte (uvicorn and aiohttp only
+Why this stack: h11 parses strictly by construction (one request line and header block, ASCII digits in
+Content-Length, a bounded head, a body always read or the connection closed before the next request, no second
+request taken from a body), python-multipart parses forms without recursion, and asyncio makes a silent or
+trickling client cost a few kB instead of a thread. The deadlines are ours, as no server library has them: a
+whole request (head and body) must arrive within `receive_timeout` of its first byte (uvicorn and aiohttp only
 time idle keep-alive connections, and a byte every few seconds resets those), and a keep-alive connection may
 stay silent `idle_timeout` between requests.
 
 The endpoints block (decode, waiting for the batcher), so each request runs in a worker thread; the batcher and
-the model store are unchanged.
+the model store know nothing of HTTP.
 """
 import asyncio
 import json
@@ -63,7 +63,7 @@ class Server:
         host, port = self.sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
-    def serve_forever(self, poll_interval=None) -> None:
+    def serve_forever(self) -> None:
         self._done.clear()
         try:
             asyncio.run(self._main())
@@ -118,28 +118,26 @@ class Server:
         head = bytearray(conn.trailing_data[0])
         if not head:  # keep-alive: the next request may take idle_timeout to start
             try:
-                async with asyncio.timeout(self.limits.idle_timeout):  # no task per read, as wait_for makes
-                    data = await reader.read(_READ)
-            except TimeoutError:
+                data = await asyncio.wait_for(reader.read(_READ), self.limits.idle_timeout)
+            except asyncio.TimeoutError:  # Python 3.10's is not the built-in TimeoutError
                 return False
             if not data:
                 return False
             head += data
             conn.receive_data(data)
         t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.limits.receive_timeout):  # head and body, from the first byte
-                req = await self._event(conn, reader, head)
-                if req is None:
-                    return False
-                body = await self._body(conn, reader, req, head, writer)
-        except TimeoutError:
+        try:  # one deadline for head and body, from the first byte: a byte now and then does not extend it
+            got = await asyncio.wait_for(self._receive(conn, reader, head, writer), self.limits.receive_timeout)
+        except asyncio.TimeoutError:
             return await self._error(conn, writer, 408, f"timed out: the request did not arrive within "
                                                         f"{self.limits.receive_timeout:g} s", t0)
         except h11.RemoteProtocolError as e:
             return await self._error(conn, writer, e.error_status_hint, f"malformed request: {e}", t0)
         except _Close as e:
             return await self._error(conn, writer, e.status, e.message, t0)
+        if got is None:
+            return False
+        req, body = got
         if req.method in (b"GET", b"HEAD"):  # status, metadata, the page: a lock and a dict, no thread hop
             status, headers, payload = self._route(req, body)
         else:  # decoding and the batcher block: a worker thread
@@ -148,6 +146,13 @@ class Server:
         log.debug("%s %s -> %d in %.1f ms", req.method.decode(), req.target.decode("latin-1")[:200], status,
                   (time.perf_counter() - t0) * 1e3)
         return conn.our_state is h11.DONE and conn.their_state is h11.DONE
+
+    async def _receive(self, conn, reader, head: bytearray, writer):
+        """(request, body), or None when the client has gone before a request."""
+        req = await self._event(conn, reader, head)
+        if req is None:
+            return None
+        return req, await self._body(conn, reader, req, head, writer)
 
     async def _event(self, conn, reader, head: bytearray):
         """The next h11 event (reading as needed); None when the client has gone."""
