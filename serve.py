@@ -32,8 +32,8 @@ def parse_args(argv=None):
                     help="--learn: confidence from which an accepted upload goes into data/raw/ (the rest: "
                          "data/review/; default %(default)g)")
     ap.add_argument("--learn-quota-mb", type=float, default=config.SERVE_LEARN_QUOTA / 2**20,
-                    help="MB of learned photos (data/review/ + uploads in data/raw/) at most; beyond: 507 "
-                         "(default %(default)g; 0: no quota)")
+                    help="MB of learned photos (data/review/ + uploads in data/raw/) at most; beyond, uploads are "
+                         "answered but not kept (default %(default)g; 0: no quota)")
     ap.add_argument("--max-batch", type=int, default=config.SERVE_BATCH_MAX, help="photos per model call at most")
     ap.add_argument("--max-batch-size", type=int, default=config.SERVE_MAX_BATCH_SIZE,
                     help="instances in one :predict request at most (TF Serving's max_batch_size; more: 400; "
@@ -129,7 +129,7 @@ def main(argv=None):
 def learner(data, quota: int | None = config.SERVE_LEARN_QUOTA,
             min_confidence: float = config.LEARN_MIN_CONFIDENCE):
     """predict.py's --learn, for one upload: (photo bytes, place answer, file name) -> what was kept; beyond
-    `quota` bytes of learned photos it raises learn.QuotaFull (507)."""
+    `quota` bytes of learned photos nothing more is kept, and the outcome says so."""
     from locator.predict import learn
 
     return learn.Learner(data, quota, min_confidence)

@@ -48,13 +48,15 @@ def _in_raw(data, digest: str):
 
 
 class _ReviewIndex:
-    """sha256 of every file under data/review/ (waiting or labelled), rehashing only files that changed."""
+    """sha256 and size of every file under data/review/ (waiting or labelled), rehashing only files that
+    changed."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._known = {}  # path -> (size, mtime_ns, sha256)
 
-    def shas(self, review: Path) -> set:
+    def contents(self, review: Path) -> dict:
+        """sha256 -> size in bytes."""
         with self._lock:
             seen = {}
             for root, dirs, files in os.walk(review):
@@ -72,16 +74,12 @@ class _ReviewIndex:
                     except OSError:
                         continue  # moved by the person labelling it while we looked
             self._known = seen
-            return {v[2] for v in seen.values()}
+            return {sha: size for size, _, sha in seen.values()}
 
 
 _REVIEW = _ReviewIndex()
 _REVIEW_LOCK = threading.Lock()   # check-then-write of data/review/ (a file lock too, for other processes)
 _NAME_BYTES = 96                  # the user's part of a review file name, in UTF-8 bytes (a name may be 255)
-
-
-class QuotaFull(Exception):
-    """Learner: storing this upload would pass the quota."""
 
 
 def _ext(blob: bytes, name: str) -> str:
@@ -105,7 +103,7 @@ def _size(blob: bytes):
 def review_name(digest: str, name: str) -> str:
     """data/review/ file name: a content prefix (so the same photo twice lands on one name) + the user's name,
     cut to _NAME_BYTES of UTF-8 on a character boundary with its extension kept (80 characters of a 4-byte
-    script were 320 bytes: over the 255 a file name may have, so the upload could not be stored)."""
+    script are 320 bytes, over the 255 a file name may have)."""
     flat = re.sub(r"[^\w.\-]+", "_", name.replace("/", "__")).strip("._") or "photo"
     stem, dot, ext = flat.rpartition(".")
     if not dot or not re.fullmatch(r"[A-Za-z0-9]{1,5}", ext):
@@ -117,11 +115,13 @@ def review_name(digest: str, name: str) -> str:
 
 
 def keep_upload(data, photo: bytes, answer: dict, name: str = "upload", label: str | None = None,
-                min_confidence: float = config.LEARN_MIN_CONFIDENCE) -> dict:
+                min_confidence: float = config.LEARN_MIN_CONFIDENCE, room=None) -> dict:
     """Keep one photo for re-learning. `answer` is Predictor.answer(); `label` a place index a person gave
     (evaluation subfolder, data/review/<index>/), which wins over the model's answer. A photo the model
     accepted goes into data/raw/ only from `min_confidence` on (it becomes training data with the model's own
-    label); under it, to data/review/ for a person.
+    label); under it, to data/review/ for a person. `room(sha256, size)` says why a photo that is not a
+    duplicate cannot be stored (a quota), or None; it is asked after the duplicate checks, so a duplicate is
+    always reported as one.
 
     Returns what happened, JSON-ready: {"kept": "raw", "index", "file"}, {"kept": "review", "file"} (paths
     relative to the data root) or {"kept": None, "why": ...}.
@@ -134,6 +134,9 @@ def keep_upload(data, photo: bytes, answer: dict, name: str = "upload", label: s
     sure = answer.get("known") and (answer.get("confidence") or 0.0) >= min_confidence
     index = label or (answer["index"] if sure else None)
     if index is not None:
+        why = room(digest, len(photo)) if room else None
+        if why:
+            return {"kept": None, "why": why}
         w, h = _size(photo)
         rec = _raw_folder(str((config.raw_dir(data) / index).resolve())).add(
             photo, _ext(photo, name), w, h, source="user", predicted_index=answer.get("index"),
@@ -142,52 +145,64 @@ def keep_upload(data, photo: bytes, answer: dict, name: str = "upload", label: s
             return {"kept": None, "why": f"already in raw/{index}"}
         return {"kept": "raw", "index": index, "file": f"raw/{index}/{rec['file']}"}
     review = config.review_dir(data)
-    # one check-and-write at a time: ten uploads of one photo at once left three copies (issue 14)
+    # one check-and-write at a time: concurrent uploads of one photo would each see it missing and each write it
     with _REVIEW_LOCK, lock_for(review):  # data/review.lock
-        if digest in _REVIEW.shas(review):
+        if digest in _REVIEW.contents(review):
             return {"kept": None, "why": "already in review"}
+        why = room(digest, len(photo)) if room else None
+        if why:
+            return {"kept": None, "why": why}
         dest = review / review_name(digest, name)
         atomic_write_bytes(dest, photo)
     return {"kept": "review", "file": dest.relative_to(data).as_posix()}
 
 
-def learned_bytes(data) -> int:
-    """Bytes of learned photos: everything waiting or labelled in data/review/, and the uploads (source user)
-    in data/raw/."""
+def learned(data) -> dict:
+    """sha256 -> bytes of every learned photo: waiting or labelled in data/review/, and the uploads (source user)
+    in data/raw/. A labelled photo is in both once predict.py --learn has copied it: it counts once."""
     data = Path(data)
-    total = 0
-    for root, dirs, files in os.walk(config.review_dir(data)):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for f in files:
-            if not f.startswith("."):
-                try:
-                    total += os.path.getsize(os.path.join(root, f))
-                except OSError:
-                    continue
+    out = _REVIEW.contents(config.review_dir(data))
     for folder in _raw_folders(data):
-        total += sum(r.get("bytes", 0) for r in folder.records() if r.get("source") == "user")
-    return total
+        for r in folder.records():
+            if r.get("source") == "user":
+                out[r["sha256"]] = r.get("bytes", 0)  # RawFolder.add writes sha256 on every line
+    return out
 
 
 class Learner:
     """serve.py --learn: keep_upload for each upload, within a quota of learned bytes (None: no quota; counted
-    from the disk at the first upload, then kept up to date)."""
+    from the disk at the first upload, then kept up to date). Each photo's bytes count once, however many
+    copies of it the data root holds. A photo beyond the quota is not kept, and the outcome says so: the place
+    answer never depends on storing."""
 
     def __init__(self, data, quota: int | None = config.SERVE_LEARN_QUOTA,
                  min_confidence: float = config.LEARN_MIN_CONFIDENCE):
         self.data, self.quota, self.min_confidence = Path(data), quota, min_confidence
         self._lock = threading.Lock()
-        self._used = None
+        self._kept = None      # sha256 -> bytes, once counted
+        self._used = 0
+        self._warned = False
+
+    def _room(self, digest: str, size: int):
+        if digest in self._kept or self._used + size <= self.quota:
+            return None
+        if not self._warned:  # once: a full quota would otherwise log every upload
+            log.warning("--learn: the quota of %s bytes is full; uploads are answered but no longer kept (raise "
+                        "--learn-quota-mb, or label data/review/ and retrain)", f"{self.quota:,}")
+            self._warned = True
+        return f"the learning quota is full ({self._used:,} of {self.quota:,} bytes used)"
 
     def __call__(self, photo: bytes, answer: dict, name: str = "upload") -> dict:
         with self._lock:
-            if self.quota is not None:
-                if self._used is None:
-                    self._used = learned_bytes(self.data)
-                if self._used + len(photo) > self.quota:
-                    raise QuotaFull(f"the learning quota is used up ({self._used:,} of {self.quota:,} bytes)")
-            out = keep_upload(self.data, photo, answer, name, min_confidence=self.min_confidence)
-            if out["kept"] and self._used is not None:
+            if self.quota is None:
+                return keep_upload(self.data, photo, answer, name, min_confidence=self.min_confidence)
+            if self._kept is None:
+                self._kept = learned(self.data)
+                self._used = sum(self._kept.values())
+            out = keep_upload(self.data, photo, answer, name, min_confidence=self.min_confidence, room=self._room)
+            digest = hashlib.sha256(photo).hexdigest()
+            if out["kept"] and digest not in self._kept:
+                self._kept[digest] = len(photo)
                 self._used += len(photo)
         return out
 

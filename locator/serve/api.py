@@ -24,7 +24,6 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from locator.core import config, images
-from locator.predict.learn import QuotaFull
 from locator.runs import export
 from locator.serve.backend import BackendError
 from locator.serve.batching import QueueFull
@@ -58,7 +57,8 @@ class Limits:
 
 class Service:
     """`learn(photo bytes, answer, file name) -> dict` keeps an upload for re-learning (predict.py's --learn
-    code, locator.predict.learn.Learner) when given; it raises learn.QuotaFull when its quota is used up."""
+    code, locator.predict.learn.Learner) when given. Its outcome is the answer's "learned" field; a photo it
+    cannot keep (a duplicate, a full quota, a disk error) is said so there, and the answer stays a 200."""
 
     def __init__(self, store: ModelStore, limits: Limits, learn=None, nearby: int = config.NEARBY):
         self.store, self.limits, self.learn, self.nearby = store, limits, learn, nearby
@@ -127,9 +127,6 @@ class Service:
         if self.learn is not None:
             try:
                 answer["learned"] = self.learn(photo, answer, filename)
-            except QuotaFull as e:
-                raise HTTPError(507, f"not stored: {e}; the answer was {answer['name']!r}. The operator can raise "
-                                     "--learn-quota-mb or label and move data/review/")
             except OSError as e:  # disk full, permissions: the answer still stands; the operator must know
                 log.error("--learn could not keep an upload: %s", e)
                 answer["learned"] = {"kept": None, "why": "the server could not store it"}

@@ -1,6 +1,6 @@
-"""Issue 14's attack table, one test (or more) a row: what a hostile client sent, and what serve.py must answer now.
-
-Each of these failed on the server of commit 4940f9f (http.server, no instance cap, no whole-request deadline, ...).
+"""The attack table of docs/serving.md, one test (or more) a row: what a hostile client sends (huge or endless
+requests, malformed framing, decoder traps, odd version folders, upload floods, cross-site posts), and what
+serve.py must answer.
 """
 import base64
 import io
@@ -340,14 +340,44 @@ def test_a_form_posted_from_another_site_is_refused(tmp_path):
         assert api.status_code == 200
 
 
-def test_learning_beyond_the_quota_is_a_507(tmp_path):
+def _post(url, photo):
+    return requests.post(f"{url}/v1/locate", data=photo, headers={"Content-Type": "image/jpeg"})
+
+
+def test_a_full_learning_quota_still_answers_and_says_the_photo_was_not_kept(tmp_path):
     models = tmp_path / "models"
     servekit.promoted(models, threshold=1.01)
     photos = [servekit.jpeg(servekit.place_photo(i % 3, 900 + i)) for i in range(6)]
     quota = sum(len(p) for p in photos[:3]) + 10
     with servekit.Running(models, servekit.table_path(), learn=_learner(tmp_path, quota=quota)) as srv:
-        got = [requests.post(f"{srv.url}/v1/locate", data=p, headers={"Content-Type": "image/jpeg"}) for p in photos]
-    assert [r.status_code for r in got] == [200, 200, 200, 507, 507, 507]
-    assert "quota" in got[3].json()["error"]
+        got = [_post(srv.url, p) for p in photos]
+        again = _post(srv.url, photos[0])   # a duplicate, once the quota is full
+    assert [r.status_code for r in got] == [200] * 6
+    answers = [r.json() for r in got]
+    assert [a["learned"]["kept"] for a in answers] == ["review"] * 3 + [None] * 3
+    for a in answers[3:]:
+        assert a["name"] == "unknown" and len(a["top3"]) == 3 and a["model"]["version"] == 1
+        assert a["learned"]["why"].startswith("the learning quota is full"), a["learned"]
+    assert again.status_code == 200 and again.json()["learned"] == {"kept": None, "why": "already in review"}
     stored = sum(f.stat().st_size for f in (tmp_path / "data" / "review").iterdir())
     assert stored <= quota
+
+
+def test_a_labelled_photo_and_its_copy_in_raw_count_once_against_the_quota(tmp_path):
+    from locator.predict import learn
+
+    data = tmp_path / "data"
+    labelled = servekit.jpeg(servekit.place_photo(0, 950))
+    (data / "review" / "00").mkdir(parents=True)
+    (data / "review" / "00" / "mine.jpg").write_bytes(labelled)
+    # what predict.py --learn does with a photo a person labelled: a copy in data/raw/00/, the file stays
+    copied = learn.keep_upload(data, labelled, {"known": False, "index": "01", "confidence": 0.3},
+                               "review/00/mine.jpg", label="00")
+    assert copied["kept"] == "raw" and (data / "review" / "00" / "mine.jpg").exists()
+    new = servekit.jpeg(servekit.place_photo(1, 951))
+    models = tmp_path / "models"
+    servekit.promoted(models, threshold=1.01)
+    quota = len(labelled) + len(new) + 10
+    with servekit.Running(models, servekit.table_path(), learn=_learner(tmp_path, quota=quota)) as srv:
+        r = _post(srv.url, new)
+    assert r.status_code == 200 and r.json()["learned"]["kept"] == "review", r.text
