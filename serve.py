@@ -80,7 +80,7 @@ def main(argv=None):
     from locator.serve.modelstore import BatchOptions, ModelStore
     from locator.serve.server import Limits, make_server
 
-    table = places.load(a.places)
+    places.load(a.places)  # a broken table is one error line at start; the store reads it with each version
     base = export.model_dir(a.models, a.name)
     backend = None
     if a.backend:
@@ -99,7 +99,7 @@ def main(argv=None):
         # a run promoted before exports existed: export it now, as its promotion would have
         log.info("%s has no serving export yet; exporting the current run %s", base, cur.name)
         promote.ensure_exported(a.models, cur)
-    store = ModelStore(base, table, BatchOptions(a.max_batch, a.batch_window / 1000, a.queue, not a.no_batching),
+    store = ModelStore(base, a.places, BatchOptions(a.max_batch, a.batch_window / 1000, a.queue, not a.no_batching),
                        poll=a.poll, backend=backend).start()
     limits = Limits(max_body=int(a.max_body_mb * 2**20), request_timeout=a.timeout, max_batch_size=a.max_batch_size,
                     receive_timeout=a.receive_timeout, allowed_origins=tuple(a.allow_origin))

@@ -116,12 +116,11 @@ class Running:
 
     def __init__(self, models, places, poll: float = 0.0, learn=None, limits=None, options=None,
                  name: str = "landmarks", backend=None):
-        from locator.core import places as placelib
         from locator.runs import export
         from locator.serve.modelstore import BatchOptions, ModelStore
         from locator.serve.server import make_server
 
-        self.store = ModelStore(export.model_dir(models, name), placelib.load(places), options or BatchOptions(),
+        self.store = ModelStore(export.model_dir(models, name), places, options or BatchOptions(),
                                 poll=poll, backend=backend).start()
         self.server = make_server(self.store, "127.0.0.1", 0, limits, learn)
         self.url = self.server.url

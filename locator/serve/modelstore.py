@@ -1,9 +1,12 @@
 """The versions serve.py serves: the newest exported version, hot-reloaded when a newer one appears.
 
 A new version folder is loaded (and warmed up with one prediction) in a background thread while the old one
-keeps answering, then swapped in under a lock. A request holds the version it started on until it has its
-answer, so requests in flight finish on the old version, which is released when its last request is done. A
-version that fails to load is logged, reported by the status API, and skipped; the next newer one is tried.
+keeps answering, then swapped in under a lock. The place table is read again with each version, so a model
+trained on a changed table is served with it, and each version answers with the table it was loaded with. A
+request holds the version it started on until it has its answer, so requests in flight finish on the old
+version, which is released when its last request is done. A version that fails to load is logged, reported by
+the status API, and skipped; the next newer one is tried. A failed version is tried again when its files or the
+place table change.
 """
 import logging
 import os
@@ -16,6 +19,7 @@ import numpy as np
 
 from locator.core import config
 from locator.core.errors import UserError
+from locator.core.places import load as load_places
 from locator.predict.predictor import Predictor
 from locator.runs import export, runs
 from locator.serve.batching import Batcher
@@ -67,13 +71,13 @@ class BatchOptions:
 @dataclass
 class ModelStore:
     base: Path                   # models/serving/<name>/
-    table: object                # places.PlaceTable
+    places: Path                 # the place table, read with each version loaded
     options: BatchOptions = field(default_factory=BatchOptions)
     poll: float = config.RELOAD_POLL
     backend: object = None       # backend.Backend: model calls go to a TF Serving REST endpoint
 
     def __post_init__(self):
-        self.base = Path(self.base)
+        self.base, self.places = Path(self.base), Path(self.places)
         self.name = self.base.name
         self._lock = threading.Lock()
         self._current = None
@@ -142,16 +146,20 @@ class ModelStore:
         return False
 
     def _files(self, version: int) -> tuple:
-        """What a version folder holds (name, size, mtime of each file): a change means a retry."""
+        """What a version folder holds and the place table (name, size, mtime of each file): a change means a
+        retry."""
         out = []
         for root, _, files in os.walk(self.base / str(version)):
             for f in files:
-                try:
-                    st = os.stat(os.path.join(root, f))
-                except OSError:
-                    continue
-                out.append((os.path.join(root, f), st.st_size, st.st_mtime_ns))
-        return tuple(sorted(out))
+                out.append(os.path.join(root, f))
+        stats = []
+        for f in sorted(out) + [str(self.places)]:
+            try:
+                st = os.stat(f)
+            except OSError:
+                continue
+            stats.append((f, st.st_size, st.st_mtime_ns))
+        return tuple(stats)
 
     def _public(self, msg: str) -> str:
         """An error for the status API: paths relative to the model folder, no other absolute path (the API may
@@ -165,7 +173,8 @@ class ModelStore:
         if self.backend and not path.is_dir():
             raise UserError(f"the backend serves version {version}, but {version}/ is not in this model folder: "
                             "give serve.py the same models/serving/ (its metadata.json holds the places)")
-        predictor = load_version(path, self.table, self.backend.model(version) if self.backend else None)
+        table = load_places(self.places)  # the table of now: a new model may need a changed one
+        predictor = load_version(path, table, self.backend.model(version) if self.backend else None)
         predictor.probabilities(np.zeros((1, predictor.size, predictor.size, 3), np.uint8))  # warm up: trace now
         o = self.options
 

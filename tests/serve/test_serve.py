@@ -1,6 +1,7 @@
 """serve.py over real HTTP on 127.0.0.1: TF Serving's REST API in its documented shapes, /v1/locate, the page,
 every error path with its status, limits (413, 411, 408, 503, 504), hot reload under load, and a fuzz."""
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -382,6 +383,53 @@ def test_hot_reload_under_load_fails_no_request(tmp_path, caplog):
     assert status["2"]["state"] == "AVAILABLE" and status["1"]["state"] == "END"
     assert status["3"]["status"]["error_code"] == "UNKNOWN" and status["3"]["status"]["error_message"]
     assert any("version 3 of landmarks cannot be served" in r.getMessage() for r in caplog.records)
+
+
+def _wait_for(cond, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_a_model_for_a_changed_place_table_is_served_with_it_without_a_restart(tmp_path):
+    from locator.core import places
+    from locator.core.fsio import atomic_write_json
+
+    models, table = tmp_path / "models", tmp_path / "places.xlsx"
+    table.write_bytes(servekit.table_path().read_bytes())
+    servekit.promoted(models)
+    first = places.load(table)
+    photo = servekit.jpeg(servekit.place_photo(2, 9))
+
+    def rename(name):  # the table with place 02 renamed
+        places.write(table, [dataclasses.replace(p, name=name) if p.index == "02" else p for p in first.places],
+                     first.attractions)
+
+    def promote_trained_on(name):  # a run whose classes name place 02 so
+        run = servekit.make_run(models)
+        meta = runs.read_metadata(run)
+        meta["classes"][2]["name"] = name
+        atomic_write_json(run / "metadata.json", meta)
+        promote.promote(models, run)
+
+    with servekit.Running(models, table, poll=0.05) as srv:
+        def locate():
+            r = requests.post(f"{srv.url}/v1/locate", data=photo, headers={"Content-Type": "image/jpeg"})
+            return r.json()["name"], r.json()["model"]["version"]
+
+        assert locate() == ("Place 2", 1)
+        rename("Tower Gate")                 # the table first, then the model trained on it
+        assert locate() == ("Place 2", 1)    # a version answers with the table it was loaded with
+        promote_trained_on("Tower Gate")
+        assert _wait_for(lambda: srv.store.version == 2), srv.store.status()
+        assert locate() == ("Tower Gate", 2)
+        promote_trained_on("Old Gate")       # the model first: refused while the table does not fit it
+        assert _wait_for(lambda: any(s["version"] == "3" and s["state"] == "END" for s in srv.store.status()))
+        assert locate() == ("Tower Gate", 2)
+        rename("Old Gate")                   # then the table: the refused version is tried again
+        assert _wait_for(lambda: srv.store.version == 3), srv.store.status()
+        assert locate() == ("Old Gate", 3)
 
 
 # --- serve.py itself ---
