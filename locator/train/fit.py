@@ -129,7 +129,7 @@ class Settings:
     arch: str = config.ARCH
     epochs: int = config.EPOCHS
     batch: int = config.TRAIN_BATCH
-    precision: str = config.PRECISION
+    precision: str = ""          # float32 | mixed_bfloat16; empty: config.default_precision (arch and CPU)
     lr: float = config.LR
     weight_decay: float = config.WEIGHT_DECAY
     label_smoothing: float = config.LABEL_SMOOTHING
@@ -138,13 +138,16 @@ class Settings:
     seed: int = config.TRAIN_SEED
     name: str = config.MODEL_NAME
     background: bool = True      # learn a "none of our places" output from the dataset's negatives, if packed
-    jit: bool = False            # XLA: measured 4-5x SLOWER on this CPU (bench/train_bench.py), and Keras refuses it
-                                 # for the compact net anyway (its random augmentation layers cannot compile)
+    jit: bool = False            # XLA: its CPU convolutions do not use oneDNN's, so it trains slower (docs/results.md),
+                                 # and Keras refuses it for the compact net anyway (random augmentation cannot compile)
     ema: float = config.EMA      # > 0: the weights kept are an exponential moving average with this momentum
     teacher: str = ""            # a run folder: distil from its answers on the same augmented batches (distill.py)
     distill_alpha: float = config.DISTILL_ALPHA
     distill_temperature: float = config.DISTILL_TEMPERATURE
     extra: dict = field(default_factory=dict)  # architecture options (widths, ...)
+
+    def __post_init__(self):
+        self.precision = self.precision or config.default_precision(self.arch)
 
 
 class _Progress:
@@ -174,7 +177,10 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
 
     `callbacks`: more Keras callbacks (bench/train_bench.py times the epochs with one).
 
-    Checkpoints go to run/checkpoints/ every epoch: calling train() again on the same run resumes there.
+    Checkpoints go to run/checkpoints/ every epoch: calling train() again on the same run resumes there. `seconds`
+    is the run's training time in all its processes (checkpoints/timing.json carries it across a resume), so the
+    speed a finished run records, which cnn.py --minutes plans by, is that of all its epochs; `epochs run` counts
+    this call's epochs only.
     """
     ck = run / "checkpoints"
     _pin(ck, data, s)  # before TensorFlow loads: a mismatched resume fails at once
@@ -218,6 +224,7 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_accuracy", mode="max", save_best_only=True,
                                         save_weights_only=True, initial_value_threshold=_best_so_far(run)),
         keras.callbacks.CSVLogger(str(run / "logs" / "history.csv"), append=True),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: _write_seconds(ck, before + time.time() - t0)),
         keras.callbacks.BackupAndRestore(str(ck / "backup"), double_checkpoint=True),  # weights, optimizer, epoch
         keras.callbacks.TensorBoard(str(run / "logs"), write_graph=True, histogram_freq=0),
         _Progress(s.epochs, done, progress),
@@ -229,9 +236,10 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
     else:
         train_ds = distill.pipeline(*train_xy, n, s.batch, s.seed, s.cutmix, teacher, s.augment, _cutmix)
         val_ds = distill.validation(*with_background(data, "val", s), n, s.batch * 4)
+    before = _seconds_before(ck)
     t0 = time.time()
     net.fit(train_ds, validation_data=val_ds, epochs=s.epochs, callbacks=callbacks, verbose=0)
-    seconds = time.time() - t0
+    seconds = before + time.time() - t0
     if best.exists():
         try:
             net.load_weights(str(best))
@@ -245,8 +253,8 @@ def write_graph(net, logdir: Path) -> None:
 
     Keras 3's TensorBoard callback writes only the "conceptual" graph (the model config, tag `keras`); its
     op-graph writer expects model.train_function to be a tf.function, which in Keras 3 is a plain Python wrapper
-    around one, so it silently writes nothing. Tracing the model once here (~0.1 s) gives the graph the study
-    showed."""
+    around one, so it silently writes nothing. Tracing the model once here (a fraction of a second) gives the
+    graph the study showed."""
     import tensorflow as tf
 
     forward = tf.function(lambda x: net(x, training=False))
@@ -258,6 +266,21 @@ def write_graph(net, logdir: Path) -> None:
 
 
 STARTED = "started.json"
+TIMING = "timing.json"           # training seconds of the run's finished epochs, every process together
+
+
+def _seconds_before(ck: Path) -> float:
+    """Seconds an interrupted run trained before this process (0 for a fresh run)."""
+    try:
+        return float(json.loads((ck / TIMING).read_text())["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
+
+
+def _write_seconds(ck: Path, seconds: float) -> None:
+    # at each epoch's end, before the backup that marks the epoch done: an epoch a kill makes the resumed run redo
+    # is counted twice, as the time it really cost, never left out
+    atomic_write_json(ck / TIMING, {"seconds": round(seconds, 3)})
 
 
 def _pin(ck: Path, data: Data, s: Settings) -> None:

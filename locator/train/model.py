@@ -83,7 +83,7 @@ def mobilenet_v2(input_shape, classes: int, augment: float = 1.0, weights=None, 
     dozen pixels; 64 px leaves the last blocks at 2x2).
 
     Batch norm momentum 0.9, not Keras' 0.999: with 0.999 the moving statistics stay ImageNet's for the few
-    hundred steps we train, and validation stayed at 61% while training reached 99% (measured, issue 12).
+    hundred steps we train, and validation lags far behind training (docs/cnn.md).
     """
     from locator.train import weights as imagenet
 

@@ -134,9 +134,21 @@ def copy_into_mobilenet_v2(backbone, state, path="weights") -> int:
     return len(convs_k) + len(bns_k)
 
 
-def imagenet_head(state):
-    """(kernel (1280, 1000), bias) of torchvision's classifier: only for checking a conversion."""
-    return state["classifier.1.weight"].T, state["classifier.1.bias"]
+_STRIDE_2 = (1, 3, 6, 13)                        # blocks that halve the resolution: a "pad" layer first
+_RESIDUAL = (2, 4, 5, 7, 8, 9, 11, 12, 14, 15)   # blocks whose input and output match: an "add" layer last
+
+
+def mobilenet_v2_layers() -> list:
+    """The layer names of Keras' MobileNetV2 backbone (width 1.0) in order, without loading TensorFlow: what
+    cnn.py --cut may name, checked with the other flags (tests compare them with Keras' own)."""
+    convs = ("depthwise", "depthwise_BN", "depthwise_relu", "project", "project_BN")
+    names = ["Conv1", "bn_Conv1", "Conv1_relu", *(f"expanded_conv_{c}" for c in convs)]
+    for b in range(1, 17):
+        names += [f"block_{b}_expand", f"block_{b}_expand_BN", f"block_{b}_expand_relu"]
+        names += [f"block_{b}_pad"] if b in _STRIDE_2 else []
+        names += [f"block_{b}_{c}" for c in convs]
+        names += [f"block_{b}_add"] if b in _RESIDUAL else []
+    return names + ["Conv_1", "Conv_1_bn", "out_relu"]
 
 
 def default_file():

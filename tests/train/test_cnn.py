@@ -22,6 +22,7 @@ from clikit import exit_2_one_line as one_line_error
 from genphotos import add, encode, photo, write_table
 from PIL import Image
 
+from locator.core import config, cpu
 from locator.core.cli import run as cli_run
 from locator.core.metrics import confusion
 from locator.data import dataset, preprocess
@@ -207,6 +208,10 @@ def test_metadata_follows_the_conventions(run_a, data_root):
     assert all(0 <= meta["metrics"][k] <= 1 for k in ("test_accuracy", "macro_f1"))
     assert meta["metrics"]["test_photos"] == len(np.load(data_root / "dataset" / "y_test.npy"))
     assert all(isinstance(meta["software"][k], str) for k in ("python", "tensorflow", "keras"))
+    # no --precision: the CPU's choice, recorded with the CPU that made it
+    assert meta["precision"] == config.default_precision("compact")
+    assert f"precision {meta['precision']}: the CPU ({cpu.cpu_model()})" in run_a.stderr  # the log says why
+    assert meta["cpu"] == {"model": cpu.cpu_model(), "native_bf16": cpu.cpu_has_native_bf16()}
     assert meta["training"]["widths"] == [8, 16] and meta["training"]["stem"] == 8  # --widths/--stem reached it
     assert runs.read_metadata(run_a.dir) == meta  # what predict.py and serve.py read
 
@@ -354,11 +359,25 @@ def test_a_bad_dataset_is_one_line_and_exit_2(cnn_in_process, bad_data, tmp_path
     (["--widths", "0,16"], ["--widths"]),
     (["--stem", "-1"], ["--stem"]),
     (["--arch", "paper", "--widths", "8,16"], ["--widths", "paper"]),
+    (["--cut", "block_6_project"], ["--cut", "mobilenet_v2", "--arch compact"]),
+    (["--arch", "paper", "--upsample", "128"], ["--upsample", "mobilenet_v2", "--arch paper"]),
+    (["--weights", "w.pth"], ["--weights", "mobilenet_v2"]),
+    (["--arch", "mobilenet_v2", "--upsample", "16"], ["--upsample", "at least 32"]),
+    (["--resume", "--minutes", "5"], ["--minutes", "--resume"]),
     (["--lr", "fast"], ["--lr"]),
     (["--frobnicate"], ["unrecognized arguments"]),
 ])
 def test_a_bad_flag_is_one_line_and_exit_2(cnn_in_process, tmp_path, args, words):
     one_line_error(*cnn_in_process("--data", tmp_path / "data", *args), *words)
+
+
+def test_a_misspelt_cut_is_one_line_naming_the_layer_before_the_dataset_is_read(tmp_path):
+    # no dataset at all: the --cut mistake must be what the user hears, not the missing data nor Keras' traceback
+    r = cnn("--data", tmp_path / "nothing", "--models", tmp_path / "models", "--arch", "mobilenet_v2",
+            "--cut", "block_13_expand_rel", timeout=120)
+    one_line_error(r.returncode, r.stderr, "--cut block_13_expand_rel", "did you mean block_13_expand_relu",
+                   "out_relu")
+    assert not (tmp_path / "models").exists()
 
 
 def test_a_mistake_as_a_real_process_is_one_line_without_traceback(bad_data, tmp_path):

@@ -199,7 +199,7 @@ def test_cnn_trains_mobilenet_v2_from_a_weights_file_and_the_run_reloads_alike(t
     assert r.returncode == 0, r.stderr
     (run,) = list((models / "runs").iterdir())
     meta = json.loads((run / "metadata.json").read_text())
-    assert meta["arch"] == "mobilenet_v2" and meta["precision"] == "float32"  # float32: faster for this net here
+    assert meta["arch"] == "mobilenet_v2" and meta["precision"] == "float32"  # its default on any CPU
     assert meta["training"]["cut"] == "block_2_add" and meta["training"]["weights"].endswith("mnv2.pth")
     check = ("import sys, json, numpy as np; from locator.runs import runs; net, meta = runs.load(sys.argv[1]); "
              "x = np.load(sys.argv[2]); print(json.dumps(net.predict(x, verbose=0).tolist()))")
@@ -228,3 +228,12 @@ def test_cnn_with_a_bad_weights_file_is_one_line_and_exit_2(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "bad.pth" in lines[0] and "not a readable PyTorch weights file" in lines[0], r.stderr
     assert not (tmp_path / "m").exists()  # no run folder for a run that never started
+
+
+def test_the_layer_names_cnn_py_checks_a_cut_against_are_keras_mobilenet_v2s():
+    import keras
+
+    from locator.train.weights import mobilenet_v2_layers
+
+    full = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3))
+    assert mobilenet_v2_layers() == [layer.name for layer in full.layers[1:]]
