@@ -83,17 +83,21 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
 
 
 def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:
-    """The "not one of our places" rule, set on the validation split: for each score predictor.acceptance offers
-    (one without a background output), the threshold that keeps `true_accept` of the validation place photos;
-    the score kept is the one that then accepts the fewest validation background photos. False-accept rates are
-    recorded per kind of background (landmark, everyday) and on the test split for the record. predict.py and
-    serve.py read score and threshold from metadata.json."""
-    from locator.predict.predictor import SCORES, acceptance, accepted
-
-    bg, n = uses_background(data, s), len(data.classes)
-    val = predict(net, data.x["val"])
+    """The "not one of our places" rule of a network, set on the validation split (see `calibrate`)."""
     neg = {split: predict(net, data.neg[split]) for split in ("val", "test") if len(data.neg.get(split, ()))}
-    kinds = getattr(data, "neg_kind", None) or {}
+    return calibrate(predict(net, data.x["val"]), predict(net, data.x["test"]), neg,
+                     getattr(data, "neg_kind", None) or {}, len(data.classes), uses_background(data, s), true_accept)
+
+
+def calibrate(val, test, neg: dict, kinds: dict, n: int, bg: bool,
+              true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:
+    """The "not one of our places" rule from a model's answers (probabilities of the validation and test place
+    photos, `neg`: split -> answers for its background photos, `kinds`: split -> their kinds): for each score
+    predictor.acceptance offers (one without a background output), the threshold that keeps `true_accept` of the
+    validation place photos; the score kept is the one that then accepts the fewest validation background photos.
+    False-accept rates are recorded per kind of background (landmark, everyday) and on the test split for the
+    record. predict.py and serve.py read score and threshold from metadata.json."""
+    from locator.predict.predictor import SCORES, acceptance, accepted
 
     def rates(score: str, threshold: float, split: str, probs) -> dict:
         _, sc = acceptance(probs, n, bg, score)
@@ -119,7 +123,7 @@ def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.
            "calibrated_on": "val", "target_true_accept": true_accept,
            "compared": {c[2]: {"threshold": c[3], "val_true_accept": round(c[4], 4), "val_false_accept": c[5]}
                         for c in candidates}}
-    _, test_score = acceptance(predict(net, data.x["test"]), n, bg, score)
+    _, test_score = acceptance(test, n, bg, score)
     out["test_true_accept"] = round(float(accepted(test_score, threshold).mean()), 4)
     for split, probs in neg.items():
         out.update(rates(score, threshold, split, probs))
