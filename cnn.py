@@ -6,6 +6,7 @@
     python cnn.py --no-promote          # train and evaluate, leave models/current alone (pipeline.py)
 """
 import argparse
+import contextlib
 import difflib
 import logging
 from pathlib import Path
@@ -15,7 +16,7 @@ from locator.core.cli import ArgumentParser, add_models_flag, run, setup_logging
 from locator.core.errors import UserError
 from locator.core.metrics import summary_table
 from locator.data.dataset import SPLITS
-from locator.runs import promote, runs
+from locator.runs import owner, promote, runs
 
 log = logging.getLogger("cnn")
 
@@ -46,6 +47,9 @@ def parse_args(argv=None):
     ap.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
                     help="continue an interrupted run (default: the newest one without model.h5) with the "
                          "settings it started with")
+    ap.add_argument("--run-name", type=owner.run_name, metavar="NAME",
+                    help="write the new run into models/runs/NAME (absent or empty) instead of a folder named by "
+                         "the time: pipeline.py hands its candidate's folder over so")
     ap.add_argument("--no-promote", action="store_true", help="do not make this run current")
     ap.add_argument("--name", default=config.MODEL_NAME, help="model name (the served /v1/models/<name>)")
     ap.add_argument("--no-progress", action="store_true")
@@ -101,6 +105,8 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     if a.minutes is not None and a.minutes <= 0:
         ap.error("--minutes must be positive")
+    if a.run_name and a.resume:
+        ap.error("--run-name names a new run; --resume continues an existing one")
     if a.minutes is not None and a.resume:
         ap.error("--minutes plans a new run's epochs; --resume keeps the epochs the run started with (its "
                  "learning-rate schedule spans them), so leave --minutes out")
@@ -209,6 +215,11 @@ def precision_reason(a, s) -> str:
 
 
 def main(argv=None):
+    with contextlib.ExitStack() as held:  # the run's lock (owner.own), released however the training ends
+        return _main(argv, held)
+
+
+def _main(argv, held):
     a = parse_args(argv)
     setup_logging(a.verbose)
     runs.env_threads()
@@ -221,6 +232,7 @@ def main(argv=None):
             raise UserError(f"--resume: no interrupted run to continue in {runs.runs_dir(a.models)}")
         if (run_dir / "model.h5").exists():
             raise UserError(f"--resume {run_dir}: that run finished (it has model.h5); start a new run")
+        held.callback(owner.own(run_dir).release)  # one process writes a run
         s = resumed_settings(a, run_dir)
         log.info("resuming %s", run_dir)
     else:
@@ -239,7 +251,8 @@ def main(argv=None):
     if not a.resume:
         if a.minutes:
             s.epochs = planned_epochs(a, data, s, fit)
-        run_dir = runs.new_run(a.models)
+        run_dir, lock = owner.claim(a.models, a.run_name)
+        held.callback(lock.release)
 
     net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)
     speed = s.epochs * len(fit.with_background(data, "train", s)[0]) / max(seconds, 1e-9)

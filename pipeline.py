@@ -61,6 +61,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--tolerance", type=float, default=config.PROMOTE_TOLERANCE,
                    help="the candidate may trail the current model by this much in accuracy and in macro F1 "
                         "(default %(default)s)")
+    g.add_argument("--gate-tolerance", type=float, default=config.PROMOTE_GATE_TOLERANCE,
+                   help="... and may accept this much more of the validation background photos (none of our "
+                        "places) as one of ours (default %(default)s)")
     g.add_argument("--force", action="store_true", help="train even when no photo is new")
     g.add_argument("--rollback", action="store_true", help="make the previous good run current again, and stop")
     g = ap.add_argument_group("cron")
@@ -86,8 +89,9 @@ def parse_args(argv=None):
     at_least(ap, args, 1, "per_place", "per_query", "epochs", "size")
     if args.train_minutes is not None and args.train_minutes <= 0:
         ap.error("--train-minutes must be positive")
-    if not 0 <= args.tolerance < 1:
-        ap.error("--tolerance must be at least 0 and below 1")
+    for flag in ("tolerance", "gate_tolerance"):
+        if not 0 <= getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be at least 0 and below 1")
     if args.apply and not args.install_cron:
         ap.error("--apply goes with --install-cron SCHEDULE")
     if args.rollback and args.install_cron:

@@ -209,6 +209,16 @@ NEARBY_KM = 30.0               # ...within this radius: with few attractions in 
 # --- pipeline.py (the scheduled job) ---
 PROMOTE_TOLERANCE = 0.01       # a candidate may trail the current model by this much (accuracy and macro F1, both
                                # on the current test split) and still be promoted: one or two photos of noise
+PROMOTE_GATE_TOLERANCE = 0.05  # ... and may accept this much more of the validation background photos (none of our
+                               # places) as one of ours: a few of the 100-200 such photos a dataset holds differ
+                               # between two good trainings, while a rule that broke moves by tens of points (about
+                               # 10-25% with a background output, 65-75% without: docs/results.md)
+PROMOTE_FIRST_MIN_SKILL = 0.25  # a first model must close this share of the gap between always naming the commonest
+                               # place and a perfect test accuracy: a model that learnt nothing (shuffled labels)
+                               # scores about 0 give or take a small test split's noise, working ones 0.8 and more
+PROMOTE_FIRST_MAX_FALSE_ACCEPT = 0.5  # ... and, where the dataset has validation background photos, accept at most
+                               # this share of them: a rule that lets half of "not one of ours" through decides
+                               # nothing (a background output keeps it to about 4-25%, docs/results.md)
 CRON_SCHEDULE = "0 3 * * 0"    # the example in docs/operations.md and --help: Sundays at 03:00
 
 # --- predict.py ---

@@ -32,12 +32,11 @@ from pathlib import Path
 from locator.core import config, places
 from locator.core.errors import Busy, UserError
 from locator.core.fsio import atomic_write_json, exclusive, now_iso, stamped_dir
-from locator.core.metrics import summary
 from locator.core.tables import format_table
 from locator.crawl.rawstore import RawFolder
 from locator.data import dataset
 from locator.job import decide, steps
-from locator.runs import promote, runs
+from locator.runs import owner, promote, runs
 
 log = logging.getLogger("pipeline")
 
@@ -171,12 +170,12 @@ class Job:
             if why:
                 log.info("--force: training anyway (%s)", why)
             cand = self.train(fp, prev)
-            new, old, reason = self.evaluate(cand, cur, cur_meta)
-            promoted, why = decide.decide(new, old, cfg.tolerance) if not reason else (True, reason)
+            verdict = self.evaluate(cand, cur, cur_meta)
+            why = verdict.reason
             entry = {"run": cand.name, "previous": cur.name if cur else None, "dataset_fingerprint": fp,
-                     "candidate": decide.headline(new), "current": decide.headline(old) if old else None, "reason": why,
+                     "candidate": decide.headline(verdict.new), "current": decide.headline(verdict.old), "reason": why,
                      "report": str(self.folder / REPORT)}
-            if promoted:
+            if verdict.promote:
                 with self.timed("promote") as rec:
                     version = promote.promote(cfg.models, cand)
                     rec["serving_version"] = str(version) if version else None
@@ -256,13 +255,20 @@ class Job:
         return ""
 
     def train(self, fp: str, prev) -> Path:
-        """cnn.py --no-promote; or the interrupted run's training resumed, or its finished candidate taken."""
+        """cnn.py --no-promote; or the interrupted run's training resumed, or its finished candidate taken.
+
+        The run folder is chosen here and handed to cnn.py (--run-name, or --resume RUN), which locks it: the
+        candidate is that folder and no other, whatever else appears in models/runs/ meanwhile (a cnn.py started
+        by hand)."""
         cfg, rep = self.cfg, self.report
         argv = list(self.cmd["train"])
         rdir = runs.runs_dir(cfg.models)
         same = prev and (prev.get("dataset") or {}).get("fingerprint") == fp \
             and (prev.get("commands") or {}).get("train") == argv
-        old = rdir / prev["candidate"]["run"] if same and (prev.get("candidate") or {}).get("run") else None
+        left = ((prev or {}).get("candidate") or {}).get("run")
+        if left:
+            owner.drop_if_empty(rdir / left)  # the interrupted run's folder, if its cnn.py never wrote to it
+        old = rdir / left if same and left else None
         if old is not None and promote.finished(old):
             log.info("taking run %s, trained by the interrupted run %s on this dataset", old.name, prev["id"])
             rep["candidate"] = {"run": old.name, "from_interrupted_run": prev["id"]}
@@ -273,52 +279,34 @@ class Job:
             log.info("resuming run %s, interrupted in run %s", old.name, prev["id"])
             argv += ["--resume", str(old)]
             rep["candidate"] = {"run": old.name, "resumed_from_run": prev["id"]}
-        before = {p.name for p in rdir.iterdir()} if rdir.is_dir() else set()
-
-        def note_new_run():  # journal the run folder as soon as cnn.py makes it: a re-run can then resume it
-            if "candidate" not in rep and rdir.is_dir():
-                new = sorted({p.name for p in rdir.iterdir()} - before)
-                if new:
-                    rep["candidate"] = {"run": new[0]}
-                    self.save()
-            if "candidate" in rep:
-                self.tick(f"epoch {steps.epochs_logged(rdir / rep['candidate']['run'])}")
-
-        self.step("train", argv, poll=note_new_run)
-        note_new_run()
-        cand = rdir / rep.get("candidate", {}).get("run", "-")
+            cand = old
+        else:  # chosen and journalled before cnn.py starts: the candidate is this folder, and a re-run finds it
+            cand = runs.new_run(cfg.models)
+            argv += ["--run-name", cand.name]
+            rep["candidate"] = {"run": cand.name}
+        self.save()
+        try:
+            self.step("train", argv, poll=lambda: self.tick(f"epoch {steps.epochs_logged(cand)}"))
+        finally:
+            owner.drop_if_empty(cand)  # cnn.py refused or died before writing anything
         if not promote.finished(cand):
-            raise steps.StepFailed(f"train: cnn.py finished but no new finished run is in {rdir}")
+            raise steps.StepFailed(f"train: cnn.py finished but its run {cand} is not finished")
         got = runs.read_metadata(cand).get("dataset_fingerprint")
         if got != fp:
             raise steps.StepFailed(f"train: run {cand.name} was trained on dataset {got}, not on {fp}")
         return cand
 
-    def evaluate(self, cand: Path, cur, cur_meta: dict):
-        """(candidate metrics, current metrics or None, reason to promote without comparing or "")."""
+    def evaluate(self, cand: Path, cur, cur_meta: dict) -> "decide.Verdict":
+        """Both models scored on the current dataset, and the promotion rule's verdict (decide.judge)."""
         rep = self.report
         with self.timed("evaluate") as rec:
-            folder = config.dataset_dir(self.cfg.data)
-            classes = dataset.load_classes(folder)
-            x, y, _ = dataset.load_split(folder, "test", mmap=False)
-            cand_meta = runs.read_metadata(cand)
-            old, reason = None, ""
-            if cur is None:
-                reason = "no current model yet"
-                new = summary(cand_meta["metrics"])
-                rec["note"] = "candidate's metrics from cnn.py (same test split); nothing to compare with"
-            else:
-                new = decide.score(cand, x, y, classes)
-                why = decide.comparable(cur_meta, classes, x.shape[1:3]) if cur_meta else "its metadata is unreadable"
-                if why:
-                    reason = f"the current model {cur.name} cannot be scored on this dataset: {why}"
-                else:
-                    old = decide.score(cur, x, y, classes)
-            rep["candidate"] = {**rep.get("candidate", {}), "run": cand.name, "metrics": new}
+            v = decide.judge(cand, cur, cur_meta, config.dataset_dir(self.cfg.data), self.cfg.tolerance,
+                             self.cfg.gate_tolerance)
+            rep["candidate"] = {**rep.get("candidate", {}), "run": cand.name, "metrics": v.new}
             if cur is not None:
-                rep["current"] = {**rep.get("current", {}), "metrics": old}
-            rec["test_photos"] = int(len(y))
-        return new, old, reason
+                rep["current"] = {**rep.get("current", {}), "metrics": v.old}
+            rec.update(test_photos=v.test_photos, background_photos=v.background_photos)
+        return v
 
     def finish(self, action: str, reason: str) -> int:
         rep = self.report
@@ -341,8 +329,11 @@ class Job:
             out.append(format_table(["idx", "place", "had", "added", "train", "val", "test"], rows))
         cand, cur = rep.get("candidate", {}).get("metrics"), (rep.get("current") or {}).get("metrics")
         if cand:
-            rows = [[k, f"{cur[k]:.4f}" if cur else "-", f"{cand[k]:.4f}"] for k in decide.METRICS]
-            out.append(format_table(["test split", f"current {rep.get('current', {}).get('run', '-')}",
+            def fmt(m, k):
+                return "-" if not m or m.get(k) is None else f"{m[k]:.4f}"
+
+            rows = [[k, fmt(cur, k), fmt(cand, k)] for k in (*decide.METRICS, decide.GATE)]
+            out.append(format_table(["figure", f"current {rep.get('current', {}).get('run', '-')}",
                                      f"candidate {rep['candidate']['run']}"], rows))
         d = rep.get("decision") or {"action": rep["status"], "reason": rep.get("error", "")}
         out.append(f"decision: {d['action']}: {d['reason']}\nreport: {self.folder / REPORT}")
