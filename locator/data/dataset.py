@@ -281,8 +281,18 @@ def _write(data, tmp, pl, split, seed, progress):
         "negatives": {s: len(pl.negatives[s]) + len(pl.background[s]) for s in SPLITS},  # xneg rows
         "background": background_counts(pl),
         "model_labelled": pl.model_labelled,
+        "negatives_dir": _negatives_root(pl),
     })
     fsync_tree(tmp)  # durable before the swap makes them the dataset
+
+
+def _negatives_root(pl):
+    """The folder data/negatives' names in files_neg_*.txt are relative to (the embedding step reads the photos
+    there), or None without such photos."""
+    for s in SPLITS:
+        for name, path in pl.negatives[s]:
+            return str(Path(str(Path(path).absolute())[:-len(name)]))
+    return None
 
 
 def _write_negatives(data, tmp, s, pl) -> None:

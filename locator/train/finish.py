@@ -26,9 +26,10 @@ def save_model(net, run: Path) -> Path:
     return path
 
 
-def test_metrics(net, data: Data, run: Path, plots: bool = True) -> dict:
-    """Test-split metrics (metrics.json) and, unless plots=False, the plots (nothing is chosen on the test split)."""
-    probs = predict(net, data.x["test"])[:, :len(data.classes)]  # closed set: the best of our places
+def test_metrics(net, data: Data, run: Path, plots: bool = True, answers=None) -> dict:
+    """Test-split metrics (metrics.json) and, unless plots=False, the plots (nothing is chosen on the test split).
+    `answers`: the model's probabilities per split where they are known already (see write_run)."""
+    probs = (answers["test"] if answers else predict(net, data.x["test"]))[:, :len(data.classes)]  # closed set
     metrics = classification_metrics(data.y["test"], probs.argmax(1), data.classes)
     if plots:
         folder = run / "plots"
@@ -42,14 +43,21 @@ def test_metrics(net, data: Data, run: Path, plots: bool = True) -> dict:
     return metrics
 
 
-def write_run(net, data: Data, run: Path, s: Settings, seconds: float, plots: bool = True, unknown=None):
+def write_run(net, data: Data, run: Path, s: Settings, seconds: float, plots: bool = True, unknown=None,
+              answers=None):
     """Everything after fit, in the order that keeps a run consistent: model.h5, test metrics, the unknown
     threshold, then metadata.json last (a run without it is unfinished). Returns (test metrics, metadata).
 
     `unknown`: metadata.json's unknown rule as given instead of calibrated (tests/servekit pins threshold 0, so
-    that its tiny model names a place for every photo)."""
+    that its tiny model names a place for every photo). `answers`: {val, test, neg_val, neg_test} probabilities
+    the network gives, computed already (the embedding model's, from cached embeddings: the same numbers without
+    decoding every photo again at full size)."""
     model_path = save_model(net, run)
-    metrics = test_metrics(net, data, run, plots)
+    metrics = test_metrics(net, data, run, plots, answers)
+    if unknown is None and answers:
+        neg = {split: answers[f"neg_{split}"] for split in ("val", "test") if len(answers.get(f"neg_{split}", ()))}
+        unknown = calibrate(answers["val"], answers["test"], neg, getattr(data, "neg_kind", None) or {},
+                            len(data.classes), uses_background(data, s))
     meta = metadata(data, s, metrics, seconds, unknown if unknown is not None else calibrate_unknown(net, data, s))
     meta["metrics"]["model_mb"] = round(model_path.stat().st_size / 1e6, 2)
     atomic_write_json(run / "metadata.json", meta)
@@ -65,21 +73,27 @@ def metadata(data: Data, s: Settings, metrics: dict, seconds: float, unknown: di
         "arch": s.arch,
         "precision": s.precision,
         "cpu": {"model": cpu.cpu_model(), "native_bf16": cpu.cpu_has_native_bf16()},  # what chose the precision
-        "epochs": s.epochs,
-        "input_size": data.input_size,
-        "resize_mode": data.resize_mode,
+        "epochs": 0 if s.arch == "embedding" else s.epochs,   # the embedding model's head is fitted, not epoched
+        "input_size": s.extra.get("input_size") or data.input_size,   # the network's own, where it has one
+        "resize_mode": s.extra.get("resize_mode") or data.resize_mode,
         "classes": data.classes,
         "background": uses_background(data, s),
         "dataset_fingerprint": data.fingerprint,
         "unknown": unknown,
         "metrics": summary(metrics) | {"train_seconds": round(seconds, 1)},
-        "training": {"photos_per_epoch": int(len(with_background(data, "train", s)[0])), "batch": s.batch,
-                     "lr": s.lr, "weight_decay": s.weight_decay,
-                     "label_smoothing": s.label_smoothing, "augment": s.augment, "cutmix": s.cutmix, "seed": s.seed,
-                     "ema": s.ema, "teacher": s.teacher or None,
-                     **s.extra},
+        "training": _training(data, s),
         "software": runs.software(),
     }
+
+
+def _training(data: Data, s: Settings) -> dict:
+    """How the run trained: the settings that shaped it (the embedding model has no epochs, rate or augmentation)."""
+    photos = {"photos_per_epoch": int(len(with_background(data, "train", s)[0]))}
+    if s.arch == "embedding":
+        return photos | s.extra
+    return photos | {"batch": s.batch, "lr": s.lr, "weight_decay": s.weight_decay,
+                     "label_smoothing": s.label_smoothing, "augment": s.augment, "cutmix": s.cutmix, "seed": s.seed,
+                     "ema": s.ema, "teacher": s.teacher or None, **s.extra}
 
 
 def calibrate_unknown(net, data: Data, s: Settings, true_accept: float = config.UNKNOWN_TRUE_ACCEPT) -> dict:

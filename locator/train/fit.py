@@ -126,7 +126,7 @@ def schedule(peak: float, steps: int, warmup: float = 0.1):
 
 @dataclass
 class Settings:
-    arch: str = config.ARCH
+    arch: str = config.CNN_ARCH
     epochs: int = config.EPOCHS
     batch: int = config.TRAIN_BATCH
     precision: str = ""          # float32 | mixed_bfloat16; empty: config.default_precision (arch and CPU)

@@ -1,0 +1,157 @@
+"""Embeddings: each photo's pooled ImageNet features, computed once per photo and backbone, kept under data/.
+
+`data/embeddings/<backbone>-<size>-<weights digest>/<sha256[:2]>/<sha256>.npy` holds float32 (views, features) for
+the photo whose bytes hash to <sha256>: view 0 the photo as the model sees it (images.normalise at the
+backbone's size, centre crop: the pixels predict.py and serve.py give the model), view 1 the same mirrored. The
+key is the content, so a renamed or re-crawled photo is not embedded twice, and other weights or another size
+never reuse old features. Each file is written to a temporary name and renamed (kill -9 leaves a photo embedded
+or not, never half), so a re-run embeds only what is missing.
+
+The backbone runs through TensorFlow Lite (XNNPACK), converted from the same Keras network that model.h5 holds:
+3-4x Keras' graph mode on 2 cores for these depthwise networks, agreeing within 1e-4 (docs/results.md). Photos
+are decoded in threads while the network runs.
+"""
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from locator.core import config, images
+from locator.core.errors import UserError
+from locator.core.fsio import atomic_path, atomic_write_bytes
+from locator.train import backbones
+
+log = logging.getLogger("embed")
+VIEWS = ("centre", "mirrored")
+CROP = "crop"          # a square from the middle, resized: the backbones were trained on centre crops
+
+
+def embeddings_dir(data) -> Path:
+    return Path(data) / "embeddings"
+
+
+class Embedder:
+    """One backbone, loaded once: uint8 photos (N, size, size, 3) -> float32 features (N, D)."""
+
+    def __init__(self, name: str, weights=None, size: int | None = None):
+        if name not in backbones.BACKBONES:
+            raise UserError(f"unknown backbone {name!r}; one of {', '.join(backbones.BACKBONES)}")
+        self.name, self.size = name, size or backbones.BACKBONES[name].size
+        self.weights = backbones.weights_file(name, weights)
+        self.key = f"{name}-{self.size}-{backbones.file_digest(self.weights)[:12]}"
+        self._run = None
+
+    def folder(self, data) -> Path:
+        return embeddings_dir(data) / self.key
+
+    def _load(self, data):
+        """The TF Lite interpreter of this backbone (converted once, kept beside its embeddings); Keras if TF Lite
+        is not there."""
+        import tensorflow as tf
+
+        net = None
+        tflite = self.folder(data) / "backbone.tflite"
+        interpreter = getattr(getattr(tf, "lite", None), "Interpreter", None)
+        if interpreter is None:
+            net = backbones.build(self.name, self.weights, self.size)
+            return lambda x: net.predict(x.astype(np.float32), batch_size=len(x), verbose=0)
+        if not tflite.exists():
+            net = backbones.build(self.name, self.weights, self.size)
+            atomic_write_bytes(tflite, tf.lite.TFLiteConverter.from_keras_model(net).convert())
+        it = interpreter(model_path=str(tflite), num_threads=os.cpu_count() or 1)
+        inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+        shape = [0]
+
+        def run(x):
+            if shape[0] != len(x):
+                it.resize_tensor_input(inp, [len(x), self.size, self.size, 3])
+                it.allocate_tensors()
+                shape[0] = len(x)
+            it.set_tensor(inp, x.astype(np.float32))
+            it.invoke()
+            return it.get_tensor(out).copy()
+        return run
+
+    def __call__(self, pixels: np.ndarray, data=None) -> np.ndarray:
+        if self._run is None:
+            self._run = self._load(data if data is not None else config.DATA)
+        return self._run(pixels)
+
+
+def _path(folder: Path, digest: str) -> Path:
+    return folder / digest[:2] / f"{digest}.npy"
+
+
+def _read(path: Path):
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError, EOFError):
+        return None  # missing or cut short: embedded again
+    return arr if arr.ndim == 2 and arr.shape[0] == len(VIEWS) and arr.dtype == np.float32 else None
+
+
+def _decode(path: Path, size: int):
+    """(sha256, pixels) of one photo; raises UserError naming the file if it cannot be decoded."""
+    try:
+        raw = Path(path).read_bytes()
+        return hashlib.sha256(raw).hexdigest(), images.normalise(raw, size=size, mode=CROP)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e}); run preprocess.py and dataset.py again")
+    except images.ImageRejected as e:
+        raise UserError(f"{path}: {e}; preprocess.py quarantines such photos: run it and dataset.py again")
+
+
+def embed(files, data, embedder: Embedder, batch: int = 32, workers: int = 0, progress: bool = True,
+          stats: dict | None = None) -> np.ndarray:
+    """float32 (N, views, D) for photo files, from the cache where it has them; the rest are decoded in threads,
+    embedded in batches and cached. `stats` (a dict) receives {cached, embedded}."""
+    from tqdm import tqdm
+
+    folder = embedder.folder(data)
+    files = [Path(f) for f in files]
+    out: list = [None] * len(files)
+    todo = []
+    for i, f in enumerate(files):   # the cache is keyed by content: read each photo's bytes once to hash them
+        try:
+            digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        except OSError as e:
+            raise UserError(f"{f}: cannot read it ({e.strerror or e}); run preprocess.py and dataset.py again")
+        out[i] = _read(_path(folder, digest))
+        if out[i] is None:
+            todo.append(i)
+    if stats is not None:
+        stats.update(cached=len(files) - len(todo), embedded=len(todo))
+    if todo:
+        log.info("%s: embedding %d of %d photos (%d cached)", embedder.key, len(todo), len(files),
+                 len(files) - len(todo))
+        workers = workers or max(1, os.cpu_count() or 1)
+        bar = tqdm(total=len(todo), unit="photo", desc=f"embed {backbones.SHORT[embedder.name]}",
+                   disable=not progress)
+        with ThreadPoolExecutor(workers) as pool:
+            chunks = [todo[k:k + batch] for k in range(0, len(todo), batch)]
+            pending = [pool.map(lambda i: _decode(files[i], embedder.size), c) for c in chunks[:2]]
+            for n, chunk in enumerate(chunks):
+                decoded = list(pending.pop(0))
+                if n + 2 < len(chunks):   # two chunks decode ahead while this one runs through the network
+                    pending.append(pool.map(lambda i: _decode(files[i], embedder.size), chunks[n + 2]))
+                x = np.stack([p for _, p in decoded])
+                feats = embedder(np.concatenate([x, x[:, :, ::-1]]), data)
+                for j, (i, (digest, _)) in enumerate(zip(chunk, decoded)):
+                    arr = np.stack([feats[j], feats[len(chunk) + j]]).astype(np.float32)
+                    with atomic_path(_path(folder, digest), fsync=False) as tmp:
+                        np.save(tmp, arr)
+                    out[i] = arr
+                bar.update(len(chunk))
+        bar.close()
+        os.sync()   # the renamed files reach the disk together: one sync, not one fsync per photo
+    if not files:
+        return np.zeros((0, len(VIEWS), 0), np.float32)
+    return np.stack(out)
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Unit length along the last axis, as keras.layers.UnitNormalization does inside the model."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
