@@ -323,6 +323,22 @@ def background_counts(pl: Plan) -> dict:
     return out
 
 
+def photo_paths(data_root, split: str, negatives: bool = False) -> list:
+    """The photo file behind each row of a split (`negatives`: of its xneg rows), for a model that reads photos at
+    another size than the packed arrays: the dataset names them relative to the data root (places, crawled
+    background) or to the negatives folder (summary.json `negatives_dir`)."""
+    root = Path(data_root)
+    d = config.dataset_dir(root)
+    if not negatives:
+        return [root / f for f in _read(d / f"files_{split}.txt", lambda p: p.read_text(encoding="utf-8").splitlines())]
+    if not (d / f"xneg_{split}.npy").exists():
+        return []
+    neg_root = Path(read_summary(d).get("negatives_dir") or config.negatives_dir(root))
+    names = _read(d / f"files_neg_{split}.txt", lambda p: p.read_text(encoding="utf-8").splitlines())
+    kinds = load_negative_kinds(d, split)
+    return [(neg_root if k == "negatives" else root) / n for n, k in zip(names, kinds)]
+
+
 def load_negatives(dataset_dir, split: str):
     """Photos of none of our places of one split (uint8 N x H x W x 3), or None when the dataset has none."""
     path = Path(dataset_dir) / f"xneg_{split}.npy"

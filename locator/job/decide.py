@@ -8,10 +8,12 @@ photos. A first model (or one replacing a model that cannot be scored on this da
 must clear minimums instead: accuracy clearly above what always naming the commonest place scores, and, where the
 dataset has background photos, an unknown rule that rejects most of them."""
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from locator.core import config
+from locator.core import config, images
+from locator.core.errors import UserError
 from locator.data import dataset
 from locator.runs import runs
 
@@ -30,21 +32,45 @@ class Verdict:
     background_photos: int   # validation photos of none of our places
 
 
-def score(run, x, y, classes, neg=None) -> dict:
+@dataclass
+class Photos:
+    """Photos both models are scored on: the dataset's packed arrays, and the files behind them for a model that
+    reads another size or crop (normalised by images.normalise at its own size, as predict.py gives it photos)."""
+    x: np.ndarray
+    files: object         # () -> the files behind the rows, read only for a model that needs them
+    mode: str
+
+    def __len__(self):
+        return len(self.x)
+
+    def for_model(self, meta: dict) -> np.ndarray:
+        size, mode = list(meta["input_size"]), meta.get("resize_mode") or self.mode
+        if size == list(self.x.shape[1:3]) and mode == self.mode:
+            return self.x
+        out = np.zeros((len(self.x), *size, 3), np.uint8)
+        for i, f in enumerate(self.files()):
+            try:
+                out[i] = images.normalise(f, size[0], mode)
+            except (OSError, images.ImageRejected) as e:
+                raise UserError(f"{f}: cannot score on it ({e}); run preprocess.py and dataset.py again")
+        return out
+
+
+def score(run, x: Photos, y, classes, neg: Photos | None = None) -> dict:
     """A run's figures: test metrics on (x, y) and its false accept on `neg`, computed here the same way for the
-    candidate and the current model."""
+    candidate and the current model, each on the photos at its own input size."""
     from locator.core.metrics import classification_metrics, summary
     from locator.train import finish
 
     runs.env_threads()
     net, meta = runs.load(run)
-    probs = finish.predict(net, x)[:, :len(classes)]  # a background output is no answer on a closed test set
+    probs = finish.predict(net, x.for_model(meta))[:, :len(classes)]  # a background output is no answer here
     m = classification_metrics(y, probs.argmax(1), classes)
     return summary(m) | {"per_place_f1": {p["index"]: p["f1"] for p in m["per_place"] if p["support"]},
                         GATE: false_accept(net, meta, neg, len(classes))}
 
 
-def false_accept(net, meta: dict, neg, classes: int):
+def false_accept(net, meta: dict, neg: Photos | None, classes: int):
     """The share of `neg` (photos of none of our places) the run accepts as one of our places by its own unknown
     rule; None without such photos, or for a run whose metadata holds no calibrated threshold."""
     from locator.predict.predictor import acceptance, accepted
@@ -53,16 +79,16 @@ def false_accept(net, meta: dict, neg, classes: int):
     rule = meta.get("unknown") or {}
     if neg is None or not len(neg) or rule.get("threshold") is None:
         return None
-    _, sc = acceptance(finish.predict(net, neg), classes, bool(meta.get("background")), rule.get("score"))
+    _, sc = acceptance(finish.predict(net, neg.for_model(meta)), classes, bool(meta.get("background")),
+                       rule.get("score"))
     return round(float(accepted(sc, rule["threshold"]).mean()), 4)
 
 
-def comparable(meta: dict, classes, input_size) -> str:
-    """Why a model cannot be scored on this dataset ("" if it can): other places, or another image size."""
+def comparable(meta: dict, classes) -> str:
+    """Why a model cannot be scored on this dataset ("" if it can): other places. Another input size is no
+    reason: each model gets the test photos at its own size."""
     if runs.class_difference(meta, [(c["index"], c["name"]) for c in classes]) is not None:
         return "its places differ from the dataset's (the place table changed)"
-    if list(meta["input_size"]) != list(input_size):
-        return f"it takes {meta['input_size']} images, the dataset has {list(input_size)}"
     return ""
 
 
@@ -70,14 +96,21 @@ def judge(cand, cur, cur_meta: dict, folder, tolerance: float = config.PROMOTE_T
           gate_tolerance: float = config.PROMOTE_GATE_TOLERANCE) -> Verdict:
     """Score the candidate (and the current model, when it can be scored on this dataset) and decide."""
     classes = dataset.load_classes(folder)
+    root = Path(folder).parent
+    try:
+        mode = dataset.read_summary(folder).get("resize_mode", config.RESIZE_MODE)
+    except UserError:
+        mode = config.RESIZE_MODE
     x, y, _ = dataset.load_split(folder, "test", mmap=False)
+    x = Photos(x, lambda: dataset.photo_paths(root, "test"), mode)
     neg = dataset.load_negatives(folder, "val")
+    neg = None if neg is None else Photos(neg, lambda: dataset.photo_paths(root, "val", negatives=True), mode)
     bg = 0 if neg is None else len(neg)
     new, old = score(cand, x, y, classes, neg), None
     if cur is None:
         alone = "no current model yet"
     else:
-        why = comparable(cur_meta, classes, x.shape[1:3]) if cur_meta else "its metadata is unreadable"
+        why = comparable(cur_meta, classes) if cur_meta else "its metadata is unreadable"
         alone = f"the current model {cur.name} cannot be scored on this dataset: {why}" if why else ""
         if not why:
             old = score(cur, x, y, classes, neg)

@@ -108,7 +108,8 @@ def calibrate(val, test, neg: dict, kinds: dict, n: int, bg: bool,
     """The "not one of our places" rule from a model's answers (probabilities of the validation and test place
     photos, `neg`: split -> answers for its background photos, `kinds`: split -> their kinds): for each score
     predictor.acceptance offers (one without a background output), the threshold that keeps `true_accept` of the
-    validation place photos; the score kept is the one that then accepts the fewest validation background photos.
+    validation place photos (aiming a few standard errors above it, config.UNKNOWN_MARGIN_Z, so that new photos
+    reach the target too); the score kept is the one that then accepts the fewest validation background photos.
     False-accept rates are recorded per kind of background (landmark, everyday) and on the test split for the
     record. predict.py and serve.py read score and threshold from metadata.json."""
     from locator.predict.predictor import SCORES, acceptance, accepted
@@ -123,10 +124,12 @@ def calibrate(val, test, neg: dict, kinds: dict, n: int, bg: bool,
         return out
 
     candidates = []
+    spread = np.sqrt(true_accept * (1 - true_accept) / max(len(val), 1))   # standard error of a share on val
+    aim = min(0.995, true_accept + config.UNKNOWN_MARGIN_Z * spread)
     for score in (SCORES if bg else ("max_softmax",)):
         _, sc = acceptance(val, n, bg, score)
-        # "lower": the threshold is a validation score, so at least `true_accept` of them pass (no interpolation)
-        threshold = float(np.quantile(sc, 1 - true_accept, method="lower"))
+        # "lower": the threshold is a validation score, so at least `aim` of them pass (no interpolation)
+        threshold = float(np.quantile(sc, 1 - aim, method="lower"))
         ta = float(accepted(sc, threshold).mean())
         fa = rates(score, threshold, "val", neg["val"])["val_negatives_false_accept"] if "val" in neg else 0.0
         miss = ta < true_accept - 0.01
@@ -134,7 +137,7 @@ def calibrate(val, test, neg: dict, kinds: dict, n: int, bg: bool,
         candidates.append((miss, -ta if miss else fa, score, threshold, ta, fa))
     _, _, score, threshold, ta, _ = min(candidates)
     out = {"score": score, "threshold": threshold, "true_accept": round(ta, 4), "false_accept": None,
-           "calibrated_on": "val", "target_true_accept": true_accept,
+           "calibrated_on": "val", "target_true_accept": true_accept, "aimed_true_accept": round(float(aim), 4),
            "compared": {c[2]: {"threshold": c[3], "val_true_accept": round(c[4], 4), "val_false_accept": c[5]}
                         for c in candidates}}
     _, test_score = acceptance(test, n, bg, score)

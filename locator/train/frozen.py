@@ -11,7 +11,6 @@ inside: backbones -> unit length -> concatenation -> head, with the same weights
 """
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -91,18 +90,11 @@ def assemble(names, head, weights=None, size: int | None = None, name: str = "em
 
 
 def photo_files(data_root, data) -> dict:
-    """split -> the photo behind each row, and neg_<split> -> behind each background row: the dataset names them
-    relative to the data root (places, crawled background) or to the negatives folder (summary.json)."""
+    """split -> the photo behind each row, and neg_<split> -> behind each background row."""
     from locator.data import dataset
 
-    root = Path(data_root)
-    ds = config.dataset_dir(root)
-    neg_root = Path(dataset.read_summary(ds).get("negatives_dir") or config.negatives_dir(root))
-    out = {s: [root / f for f in data.files[s]] for s in data.files}
-    for s in data.neg:
-        names = (ds / f"files_neg_{s}.txt").read_text(encoding="utf-8").splitlines()
-        kinds = data.neg_kind[s]
-        out[f"neg_{s}"] = [(neg_root if k == "negatives" else root) / n for n, k in zip(names, kinds)]
+    out = {s: dataset.photo_paths(data_root, s) for s in data.files}
+    out.update({f"neg_{s}": dataset.photo_paths(data_root, s, negatives=True) for s in data.neg})
     return out
 
 

@@ -118,3 +118,33 @@ def test_judge_holds_a_first_model_to_the_minimums(tmp_path):
     wrong = write_dataset(tmp_path / "wrong", classes, wrong_labels=True)  # every test label names another place
     v = decide.judge(strict, None, {}, wrong)
     assert not v.promote and "test accuracy 0.0000 is below the minimum" in v.reason, v.reason
+
+
+def test_judge_scores_models_of_different_input_sizes_on_the_same_test_photos(tmp_path):
+    """A 96 px centre-crop model (the tiny net behind a resize, as an embedding model reads 224 px photos) and the
+    dataset's 64x64 one are both scored on the test split's photos, each at its own size."""
+    import keras
+
+    from locator.core.fsio import atomic_write_json
+    from locator.train import finish
+
+    models = tmp_path / "models"
+    small = make_run(models)
+    meta = runs.read_metadata(small)
+    folder = write_dataset(tmp_path / "data" / "dataset", meta["classes"])
+    (folder / "xneg_val.npy").unlink()    # test photos only: the background rule is compared elsewhere
+    for c in range(PLACES):          # the files behind the test rows, as the dataset names them
+        for i in range(5):
+            path = tmp_path / "data" / "raw" / f"{c:02x}" / f"{5000 + 100 * c + i}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            place_photo(c, 5000 + 100 * c + i).save(path)
+    net, _ = runs.load(small)
+    inputs = keras.Input((96, 96, 3), dtype="uint8")
+    resized = keras.layers.Resizing(SIZE, SIZE)(keras.layers.Rescaling(1.0)(inputs))
+    big = runs.new_run(models)
+    finish.save_model(keras.Model(inputs, net(resized)), big)
+    atomic_write_json(big / "metadata.json", {**meta, "input_size": [96, 96], "resize_mode": "crop"})
+    v = decide.judge(big, small, meta, folder)
+    assert v.old is not None, v.reason           # not refused as "another image size"
+    assert v.new["test_accuracy"] > 0.6 and v.old["test_accuracy"] > 0.6, (v.new, v.old)
+    assert v.promote, v.reason
