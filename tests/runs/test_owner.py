@@ -68,8 +68,8 @@ def test_cnn_py_refuses_to_resume_a_run_another_process_is_writing(tmp_path):
     lock = owner.own(run)  # this test stands in for the training that writes the run
     try:
         r = subprocess.run([sys.executable, str(REPO / "cnn.py"), "--models", str(models), "--data",
-                            str(tmp_path / "data"), "--resume", str(run), "--no-progress"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+                            str(tmp_path / "data"), "--arch", "compact", "--resume", str(run), "--no-progress"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     finally:
         lock.release()
     one_line_error(r, "another process is writing run", run.name)
@@ -77,7 +77,8 @@ def test_cnn_py_refuses_to_resume_a_run_another_process_is_writing(tmp_path):
 
 def test_cnn_py_run_name_goes_not_with_resume_nor_outside_models_runs(tmp_path):
     def cnn(*a):
-        return subprocess.run([sys.executable, str(REPO / "cnn.py"), "--models", str(tmp_path / "models"), *a],
+        return subprocess.run([sys.executable, str(REPO / "cnn.py"), "--models", str(tmp_path / "models"),
+                               "--arch", "compact", *a],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
     one_line_error(cnn("--run-name", "a", "--resume"), "--run-name", "--resume")

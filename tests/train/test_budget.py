@@ -28,11 +28,13 @@ def test_without_a_measured_run_there_is_no_plan():
 
 
 def test_the_pipeline_hands_the_budget_to_cnn_py():
+    # a budget of epochs: the 64x64 trainer's (the embedding model trains its head in seconds, nothing to plan)
     cfg = SimpleNamespace(places="p.xlsx", data="data", models="models", verbose=False, train_minutes=25.0,
-                          arch=None, epochs=None, engine=None, api_url=None, source=None, per_place=None,
+                          arch="compact", epochs=None, engine=None, api_url=None, source=None, per_place=None,
                           per_query=None, no_background=False, contact=None, size=None, resize_mode=None)
     argv = steps.commands(cfg)["train"]
     assert argv[argv.index("--train-minutes") + 1] == "25.0"  # cnn.py takes --train-minutes as --minutes
+    assert argv[argv.index("--arch") + 1] == "compact"
 
 
 def test_a_resumed_run_counts_the_seconds_of_every_process(tmp_path):
@@ -48,7 +50,7 @@ def test_a_resumed_run_counts_the_seconds_of_every_process(tmp_path):
     rng = np.random.default_rng(0)
     classes = [{"class": i, "index": f"{i:02x}", "name": f"Place {i}"} for i in range(2)]
     data = data_from_arrays(rng.integers(0, 256, (32, 16, 16, 3)), np.arange(32) % 2, classes)
-    s = fit.Settings(epochs=2, batch=16, precision="float32", augment=0.0, cutmix=0.0, jit=False,
+    s = fit.Settings(arch="compact", epochs=2, batch=16, precision="float32", augment=0.0, cutmix=0.0, jit=False,
                      extra={"widths": (4,), "stem": 0})
 
     class SlowThenKilled(keras.callbacks.Callback):

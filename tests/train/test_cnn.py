@@ -32,8 +32,9 @@ from locator.train import evaluate
 REPO = Path(__file__).resolve().parents[2]
 PLACES = 3
 SIZE = 32
-# a ~0.1 MB net; XLA would only add compile time
-TINY = ["--widths", "8,16", "--stem", "8", "--no-jit", "--no-progress"]
+# a ~0.1 MB compact net, named: these tests are about the 64x64 trainer's mechanics (epochs, kill -9, --resume,
+# promotion), not about cnn.py's default architecture (config.ARCH); XLA would only add compile time
+TINY = ["--arch", "compact", "--widths", "8,16", "--stem", "8", "--no-jit", "--no-progress"]
 OLD = "19990101-000000"  # a run that is current before the tests train anything
 # Each place's photos carry a strong colour cast: separable, yet every photo differs (no near-duplicate groups).
 TINTS = [(1.0, 0.3, 0.3), (0.3, 1.0, 0.3), (0.3, 0.3, 1.0)]
@@ -136,7 +137,8 @@ EPOCHS_K = 6
 @pytest.fixture(scope="session")
 def resumed(data_root, models, run_a):
     """Run K: killed with SIGKILL once its backup records >= 1 finished epoch, then `cnn.py --resume` with no
-    other flag. Run A, finished, sits in the same folder: --resume must pick the interrupted one."""
+    other flag, not even --arch: the run goes on as the compact net it started as, whatever cnn.py's default.
+    Run A, finished, sits in the same folder: --resume must pick the interrupted one."""
     before = list(runs.runs_dir(models).iterdir())
     cmd = [sys.executable, str(REPO / "cnn.py"), "--data", str(data_root), "--models", str(models),
            "--epochs", str(EPOCHS_K), "--batch", "8", *TINY]
@@ -270,7 +272,7 @@ def test_resume_finishes_a_killed_run_and_its_history_spans_both_parts(resumed):
     assert f"trained {EPOCHS_K - k.backup_epoch} epochs" in resumed.stderr
     meta = json.loads((resumed.dir / "metadata.json").read_text())
     assert meta["epochs"] == EPOCHS_K and meta["training"]["batch"] == 8  # the run's own settings, not defaults
-    assert meta["training"]["widths"] == [8, 16]
+    assert meta["arch"] == "compact" and meta["training"]["widths"] == [8, 16]  # not cnn.py's default --arch
     assert (resumed.dir / "model.h5").exists() and not (resumed.dir / "checkpoints" / "backup").exists()
 
 
@@ -355,13 +357,13 @@ def test_a_bad_dataset_is_one_line_and_exit_2(cnn_in_process, bad_data, tmp_path
     (["--epochs", "two"], ["--epochs", "invalid int"]),
     (["--arch", "vgg"], ["--arch", "invalid choice"]),
     (["--precision", "float16"], ["--precision", "invalid choice"]),
-    (["--widths", "8,x"], ["--widths", "8,x"]),
-    (["--widths", "0,16"], ["--widths"]),
-    (["--stem", "-1"], ["--stem"]),
+    (["--arch", "compact", "--widths", "8,x"], ["--widths", "8,x"]),
+    (["--arch", "compact", "--widths", "0,16"], ["--widths"]),
+    (["--arch", "compact", "--stem", "-1"], ["--stem"]),
     (["--arch", "paper", "--widths", "8,16"], ["--widths", "paper"]),
-    (["--cut", "block_6_project"], ["--cut", "mobilenet_v2", "--arch compact"]),
+    (["--arch", "compact", "--cut", "block_6_project"], ["--cut", "mobilenet_v2", "--arch compact"]),
     (["--arch", "paper", "--upsample", "128"], ["--upsample", "mobilenet_v2", "--arch paper"]),
-    (["--weights", "w.pth"], ["--weights", "mobilenet_v2"]),
+    (["--arch", "compact", "--weights", "w.pth"], ["--weights", "mobilenet_v2", "--arch compact"]),
     (["--arch", "mobilenet_v2", "--upsample", "16"], ["--upsample", "at least 32"]),
     (["--resume", "--minutes", "5"], ["--minutes", "--resume"]),
     (["--lr", "fast"], ["--lr"]),

@@ -25,7 +25,8 @@ def world(tmp_path_factory):
     classes = [{"class": i, "index": f"{i:02x}", "name": f"Place {i}"} for i in range(3)]
     # each photo 4 times an epoch: enough steps for batch norm's statistics to settle in 3 short epochs
     data = quickrun.data_from_arrays(np.tile(x, (4, 1, 1, 1)), np.tile(y, 4), classes, val=tinted(30, 1))
-    s = fit.Settings(epochs=3, batch=16, precision="float32", augment=0.3, jit=False, extra=TINY, lr=1e-2)
+    s = fit.Settings(arch="compact", epochs=3, batch=16, precision="float32", augment=0.3, jit=False, extra=TINY,
+                     lr=1e-2)
     return {"root": root, "data": data, "teacher": quickrun.quick_run(root / "models", data, s), "settings": s}
 
 

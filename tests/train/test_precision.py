@@ -1,6 +1,7 @@
 """The training precision follows the CPU: mixed_bfloat16 only where the CPU computes bf16 natively (x86
 AVX512-BF16 or AMX-BF16, Arm FEAT_BF16), float32 elsewhere (emulated bf16 is several times slower) and for
-mobilenet_v2; --precision overrides. The CPUs here are /proc/cpuinfo texts as Linux writes them."""
+mobilenet_v2 and the embedding model; --precision overrides. The CPUs here are /proc/cpuinfo texts as Linux writes
+them."""
 import importlib.util
 from pathlib import Path
 
@@ -99,20 +100,27 @@ def cnn_module():
     return module
 
 
-def test_cnn_py_trains_in_float32_on_a_cpu_without_bf16_and_says_why(on_cpu):
+def test_cnn_py_trains_the_compact_net_in_float32_on_a_cpu_without_bf16_and_says_why(on_cpu):
     on_cpu(EPYC_ROME)
     cnn = cnn_module()
-    a = cnn.parse_args([])
+    a = cnn.parse_args(["--arch", "compact"])
     s = cnn.settings(a)
     assert s.precision == "float32"
     assert cnn.precision_reason(a, s) == "the CPU (AMD EPYC 7B12 64-Core Processor) has no native bf16"
-    a = cnn.parse_args(["--precision", "mixed_bfloat16"])
+    a = cnn.parse_args(["--arch", "compact", "--precision", "mixed_bfloat16"])
     assert (cnn.settings(a).precision, cnn.precision_reason(a, s)) == ("mixed_bfloat16", "--precision")
 
 
-def test_cnn_py_trains_in_bf16_where_the_cpu_has_it(on_cpu):
+def test_cnn_py_trains_the_compact_net_in_bf16_where_the_cpu_has_it(on_cpu):
     on_cpu(GRAVITON3)
     cnn = cnn_module()
-    assert cnn.settings(cnn.parse_args([])).precision == "mixed_bfloat16"
+    assert cnn.settings(cnn.parse_args(["--arch", "compact"])).precision == "mixed_bfloat16"
     assert cnn.settings(cnn.parse_args(["--arch", "paper"])).precision == "mixed_bfloat16"
-    assert cnn.settings(cnn.parse_args(["--precision", "float32"])).precision == "float32"
+    assert cnn.settings(cnn.parse_args(["--arch", "compact", "--precision", "float32"])).precision == "float32"
+
+
+def test_cnn_py_trains_the_embedding_model_by_default_in_float32_even_where_the_cpu_has_bf16(on_cpu):
+    on_cpu(GRAVITON3)
+    cnn = cnn_module()
+    assert cnn.parse_args([]).arch == config.ARCH == "embedding"
+    assert config.precision_choice("embedding")[0] == "float32"  # nothing trains on the bf16 units: frozen
