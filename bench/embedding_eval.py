@@ -17,7 +17,8 @@ calibrates "not one of our places" as cnn.py does (train/finish.calibrate, 90% t
   through every backbone of the row, into an empty cache; MB: model.h5 of the whole model.
 `+knn` rows fuse the head's score with a nearest-neighbour margin (cosine similarity of the nearest training photo of
 the predicted place minus that of the nearest background photo); `--cnn-run` adds a trained 64x64 run's row from
-its metadata.json.
+its metadata.json (its "head s" is its training time). A CPU without AVX-512 can be stood in for by
+OPENBLAS_CORETYPE=Haswell (the head's BLAS) and ONEDNN_MAX_CPU_ISA=AVX2 (Keras); TF Lite's XNNPACK picks its own.
 """
 import argparse
 import hashlib
@@ -182,10 +183,11 @@ def model_mb(names, head) -> float:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=config.DATA)
-    ap.add_argument("--rows", default="lite0,mnv2,lite2,lite0+mnv2",
+    ap.add_argument("--rows", default="lite2,lite0,mnv2,lite0+mnv2",
                     help="backbone sets, comma-separated; + joins backbones (short names: lite0, lite2, mnv2)")
     ap.add_argument("--landmarks", type=Path, help="the shared datasets folder (its landmark_background/MANIFEST.tsv)")
-    ap.add_argument("--cnn-run", type=Path, help="a trained 64x64 run to add as a row (its metadata.json)")
+    ap.add_argument("--cnn-run", type=Path, action="append", default=[],
+                    help="a trained 64x64 run to add as a row (its metadata.json); may be repeated")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     d = load(args.data)
@@ -227,14 +229,18 @@ def main():
                              "test": row["test"], "true_accept": ta, "landmark": fas["landmark"],
                              "everyday": fas["everyday"], "photos_s": rate})
             print(json.dumps(rows[-1]), flush=True)
-    if args.cnn_run:
-        meta = json.loads((args.cnn_run / "metadata.json").read_text())
+    for run in reversed(args.cnn_run):
+        meta = json.loads((run / "metadata.json").read_text())
         u, m = meta.get("unknown") or {}, meta.get("metrics", {})
         size = "x".join(map(str, meta["input_size"]))
-        rows.insert(0, {"model": f"{meta['arch']} {size} CNN ({args.cnn_run.name})", "test": m.get("test_accuracy"),
+        teacher = " distilled" if (meta.get("training") or {}).get("teacher") else ""
+        rows.insert(0, {"model": f"{meta['arch']}{teacher} {size} CNN ({run.name})", "test": m.get("test_accuracy"),
                         "true_accept": u.get("test_true_accept"), "landmark": u.get("test_landmark_false_accept"),
                         "everyday": u.get("test_everyday_false_accept"), "seconds": m.get("train_seconds"),
                         "mb": m.get("model_mb")})
+    forced = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
+    if forced:
+        print(f"instruction sets limited by the environment: {forced}")
     print(f"CPU: {cpu.cpu_model()} ({os.cpu_count()} cores), native bf16: {cpu.cpu_has_native_bf16()}; load average "
           f"{load_avg[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; {len(novel)} of {len(every)} "
           f"source landmarks kept out for 'novel'; kept-out places {','.join(HOLDOUT)}")
