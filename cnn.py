@@ -106,7 +106,8 @@ def parse_args(argv=None):
 
     lab = ap.add_argument_group("experimental", "levers under study (docs/results.md); the defaults leave them off")
     lab.add_argument("--teacher", metavar="RUN", help="distil from this finished run (same dataset): the student "
-                     "learns from its answers on the same augmented batches")
+                     "learns from its answers on the same augmented batches; a teacher of another input size (the "
+                     "embedding model) answers once per training photo, at its own size")
     lab.add_argument("--distill-alpha", type=float, default=config.DISTILL_ALPHA,
                      help="--teacher: weight of the teacher's answers in the loss (default %(default)s)")
     lab.add_argument("--distill-temperature", type=float, default=config.DISTILL_TEMPERATURE,
@@ -130,6 +131,8 @@ def parse_args(argv=None):
         ap.error("--ema must be in [0, 1), --distill-alpha in [0, 1], --distill-temperature positive")
     if a.teacher and not (Path(a.teacher) / "model.h5").exists() and not str(a.teacher).endswith(".h5"):
         ap.error(f"--teacher {a.teacher}: not a finished run (no model.h5)")
+    if a.teacher and a.arch == "embedding":
+        ap.error("--teacher distils a network trained by epochs; --arch embedding fits its head directly")
     if a.epochs < 1 or a.batch < 1:
         ap.error("--epochs and --batch must be at least 1")
     if a.stem is not None and a.stem < 0:
@@ -308,7 +311,7 @@ def _main(argv, held):
         net, answers, seconds, s.extra["head"] = frozen.train(data, a.data, s, progress=not a.no_progress)
         metrics, meta = finish.write_run(net, data, run_dir, s, seconds, answers=answers)
     else:
-        net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress)
+        net, seconds, epochs_run = fit.train(data, run_dir, s, progress=not a.no_progress, data_root=a.data)
         speed = s.epochs * len(fit.with_background(data, "train", s)[0]) / max(seconds, 1e-9)
         if epochs_run == s.epochs:
             log.info("trained %d epochs in %.0f s (%.0f img/s)", epochs_run, seconds, speed)

@@ -172,10 +172,11 @@ class _Progress:
         return Bar()
 
 
-def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=()):
+def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(), data_root=None):
     """Fit on train, keep the best epoch by validation accuracy, return (inference model, seconds, epochs run).
 
-    `callbacks`: more Keras callbacks (bench/train_bench.py times the epochs with one).
+    `callbacks`: more Keras callbacks (bench/train_bench.py times the epochs with one). `data_root`: where the
+    photos are, for a teacher that reads them at its own size (distill.photo_answers).
 
     Checkpoints go to run/checkpoints/ every epoch: calling train() again on the same run resumes there. `seconds`
     is the run's training time in all its processes (checkpoints/timing.json carries it across a resume), so the
@@ -193,7 +194,7 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
     keras.mixed_precision.set_global_policy(s.precision)
     keras.utils.set_random_seed(s.seed)
     n = len(data.classes) + uses_background(data, s)
-    teacher = distill.teacher_model(s.teacher, n) if s.teacher else None
+    teacher, teacher_meta = distill.load_teacher(s.teacher, n) if s.teacher else (None, {})
     # with a teacher, augmentation runs in tf.data, once for both networks (distill.py)
     net = models.build(s.arch, tuple(data.x["train"].shape[1:]), n, augment=0.0 if teacher else s.augment,
                        **s.extra)
@@ -234,6 +235,9 @@ def train(data: Data, run: Path, s: Settings, progress: bool = True, callbacks=(
         train_ds = pipeline(*train_xy, n, s.batch, True, s.seed, s.cutmix)
         val_ds = pipeline(*with_background(data, "val", s), n, s.batch * 4, False, s.seed)
     else:
+        if distill.reads_photos(teacher, data.input_size):  # its answers, once per photo, ride with the labels
+            teacher = distill.photo_answers(teacher, teacher_meta, s.teacher, data_root, uses_background(data, s),
+                                            len(train_xy[0]), ck)
         train_ds = distill.pipeline(*train_xy, n, s.batch, s.seed, s.cutmix, teacher, s.augment, _cutmix)
         val_ds = distill.validation(*with_background(data, "val", s), n, s.batch * 4)
     before = _seconds_before(ck)

@@ -1,9 +1,20 @@
 """Levers of issue 12 on a tiny generated dataset: distillation from a teacher run (the student sees the same
-augmented batch as the teacher), the distillation loss itself, and an EMA of the weights."""
+augmented batch as the teacher), the distillation loss itself, and an EMA of the weights; and (issue 18) the compact
+net distilled from an embedding model, whose answers are computed once per training photo at its own size."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+from genphotos import add, encode, photo, write_table
+from PIL import Image
 
+from locator.core import images
 from locator.core.errors import UserError
+from locator.data import dataset, preprocess
+from locator.runs import runs
 from locator.train import distill, fit, quickrun
 
 TINY = dict(widths=(8, 16), stem=8)
@@ -70,3 +81,82 @@ def test_ema_weights_are_what_the_run_keeps(world, tmp_path):
     net, _, _ = fit.train(world["data"], tmp_path, s, progress=False)
     acc = (net.predict(world["data"].x["val"], verbose=0).argmax(1) == world["data"].y["val"]).mean()
     assert acc > 0.6
+
+
+# ------------------------------------------------- issue 18: an embedding teacher, answers once per photo
+
+REPO = Path(__file__).resolve().parents[2]
+TEACHER_SIZE = 96   # the teacher's own input size: not the student's 64x64 arrays
+
+
+def embedding_teacher(run: Path, outputs: int, data: Path) -> Path:
+    """An embedding run as cnn.py writes one (model.h5: uint8 photos at its size in, probabilities out), with
+    EfficientNet-Lite0 and a random head: the mechanics, not the accuracy, are under test."""
+    from locator.train import frozen
+
+    rng = np.random.default_rng(0)
+    head = (rng.normal(0, 3, (1280, outputs)).astype(np.float32), np.zeros(outputs, np.float32))
+    run.mkdir(parents=True)
+    frozen.assemble(["efficientnet_lite0"], head, size=TEACHER_SIZE).save(run / "model.h5")
+    classes = dataset.load_classes(data / "dataset")
+    meta = {"name": "teacher", "created": "2026-12-05T00:00:00+00:00", "arch": "embedding", "precision": "float32",
+            "epochs": 0, "input_size": [TEACHER_SIZE] * 2, "resize_mode": "crop", "classes": classes,
+            "background": True, "dataset_fingerprint": "", "unknown": {}, "metrics": {}, "software": {}}
+    (run / "metadata.json").write_text(json.dumps(meta))
+    return run
+
+
+@pytest.fixture(scope="module")
+def photo_world(tmp_path_factory):
+    """3 places x 10 tinted photos + 6 everyday photos -> preprocess -> dataset; a teacher of 4 outputs (3 places
+    and the background) and one of 5."""
+    root = tmp_path_factory.mktemp("distill_photos")
+    table = write_table(root / "places.xlsx", 3)
+    data = root / "data"
+    tints = np.eye(3) * 0.7 + 0.3
+    for place in range(3):
+        for seed in range(10):
+            a = np.asarray(photo(1000 * place + seed, 80, 60), np.float32) * tints[place]
+            add(data, f"{place:02x}", encode(Image.fromarray(a.clip(0, 255).astype(np.uint8))))
+    (data / "negatives").mkdir(parents=True)
+    for i in range(6):
+        grey = np.random.default_rng(i).integers(100, 150, (48, 64, 3)).astype(np.uint8)
+        Image.fromarray(grey).save(data / "negatives" / f"grey{i}.png")
+    preprocess.run(data, table, preprocess.Options(size=32, workers=1, progress=False))
+    dataset.build(data, table, progress=False, negatives=data / "negatives")
+    return {"data": data, "models": root / "models", "teacher": embedding_teacher(root / "teacher", 4, data),
+            "other": embedding_teacher(root / "other", 5, data)}
+
+
+def cnn(*args):
+    return subprocess.run([sys.executable, str(REPO / "cnn.py"), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+def test_an_embedding_teacher_answers_once_per_photo_at_its_own_size_and_the_compact_student_trains(photo_world):
+    w = photo_world
+    r = cnn("--data", w["data"], "--models", w["models"], "--arch", "compact", "--widths", "8,16", "--stem", 8,
+            "--epochs", 2, "--batch", 16, "--no-jit", "--no-progress", "--no-promote", "--teacher", w["teacher"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = runs.runs_dir(w["models"]).iterdir()
+    meta = runs.read_metadata(run)
+    assert meta["arch"] == "compact" and meta["input_size"] == [32, 32] and meta["epochs"] == 2  # the arrays' size
+    assert meta["training"]["teacher"] == str(w["teacher"])
+    # one answer a training row: the split's photos, then its background photos (fit.with_background's order),
+    # each the teacher's answer for the photo itself at 96 px, centre crop
+    answers = np.load(run / "checkpoints" / distill.ANSWERS)
+    files = dataset.photo_paths(w["data"], "train") + dataset.photo_paths(w["data"], "train", negatives=True)
+    assert answers.shape == (len(files), 4) == (meta["training"]["photos_per_epoch"], 4)
+    net, _ = runs.load(w["teacher"])
+    want = net.predict(np.stack([images.normalise(f, TEACHER_SIZE, "crop") for f in files]), verbose=0)
+    assert np.allclose(answers, want, atol=1e-5)
+
+
+def test_an_embedding_teacher_with_other_outputs_is_one_error_line(photo_world):
+    w = photo_world
+    r = cnn("--data", w["data"], "--models", w["models"] / "other", "--arch", "compact", "--widths", "8,16",
+            "--epochs", 1, "--no-jit", "--no-progress", "--no-promote", "--teacher", w["other"])
+    # found once the dataset is read (it says how many outputs the student has): after cnn.py's INFO lines
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1:] == errors, r.stderr
+    assert "--teacher" in errors[0] and "answers for 5 outputs, the student has 4" in errors[0]
