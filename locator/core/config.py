@@ -247,5 +247,9 @@ EMBED_BACKBONES = ("efficientnet_lite2",)  # at 260 px; more are concatenated. C
                                # kept out of training (docs/results.md): as accurate as Lite0 + MobileNetV2 and
                                # far fewer kept-out places accepted (22% against 41%)
 EMBED_BATCH = 32               # photos per backbone call while embedding (TF Lite: larger batches gain nothing)
+EMBED_RUNNERS = ("local", "ray")  # cnn.py --runner: where the embedding step decodes and embeds the photos
+EMBED_RUNNER = "local"         # nothing to install, and one machine embeds the nightly photos of a few dozen places
+EMBED_RAY_CPUS = 1             # CPUs a Ray worker reserves, and its TF Lite threads: one worker a core
 HEAD_C_GRID = (1.0, 10.0, 100.0, 1000.0)  # the head's inverse regularisation, chosen on validation
-HEAD_MAX_ITER = 1000           # L-BFGS iterations: it converges in a few hundred on a few thousand photos
+HEAD_MAX_ITER = 1000           # L-BFGS iterations at most: it converges in under a hundred on a few thousand photos
+HEAD_BLAS_THREADS = 1          # the head's products are small: threads do not pay, and they spin under load

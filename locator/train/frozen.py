@@ -33,10 +33,15 @@ def fit_head(x, y, classes: int, c: float, balanced: bool = True, seed: int = co
     """(weights (D, classes), bias (classes,)) of a logistic regression; every class gets a column even if a
     split lacks it."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     lr = LogisticRegression(C=c, max_iter=config.HEAD_MAX_ITER, class_weight="balanced" if balanced else None,
                             random_state=seed)
-    lr.fit(x, y)
+    # One BLAS thread: each L-BFGS step multiplies a few thousand rows by a (features x classes) matrix, too
+    # small for threads to pay, and threaded OpenBLAS beside any other busy process spins: 91 s against 4.7 s for
+    # the same fit at load 9 on 2 cores (docs/results.md)
+    with threadpool_limits(config.HEAD_BLAS_THREADS):
+        lr.fit(x, y)
     w = np.zeros((x.shape[1], classes), np.float32)
     b = np.full(classes, -1e4, np.float32)       # a class absent from training is never predicted
     w[:, lr.classes_] = lr.coef_.T
