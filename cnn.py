@@ -5,10 +5,12 @@
     python cnn.py --arch compact        # a compact 64x64 VGG-style net, bf16 if the CPU has it
     python cnn.py --resume              # continue the newest interrupted run
     python cnn.py --no-promote          # train and evaluate, leave models/current alone (pipeline.py)
+    python cnn.py --runner ray          # embed the photos on a Ray cluster (pip install -r requirements-ray.txt)
 """
 import argparse
 import contextlib
 import difflib
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -91,6 +93,17 @@ def parse_args(argv=None):
     net.add_argument("--no-background", action="store_true",
                      help="no 'none of our places' output even if the dataset has negatives")
 
+    where = ap.add_argument_group("embedding runner", "where --arch embedding decodes and embeds the photos")
+    where.add_argument("--runner", choices=config.EMBED_RUNNERS, default=config.EMBED_RUNNER,
+                       help="local: threads on this machine (default %(default)s); ray: Ray Data batch inference on a "
+                            "Ray cluster, the same cache files (pip install -r requirements-ray.txt)")
+    where.add_argument("--ray-address", metavar="ADDRESS",
+                       help="--runner ray: the cluster, e.g. head:6379 or ray://head:10001 (default: $RAY_ADDRESS, "
+                            "else a cluster `ray start` runs here, else a new local one)")
+    where.add_argument("--ray-workers", type=int, metavar="N",
+                       help="--runner ray: workers, each holding the backbone once (default: the cluster's CPUs, "
+                            "config.EMBED_RAY_CPUS a worker)")
+
     fitting = ap.add_argument_group("training")
     fitting.add_argument("--batch", type=int, default=config.TRAIN_BATCH)
     fitting.add_argument("--precision", choices=config.PRECISIONS, default=None,
@@ -148,6 +161,7 @@ def parse_args(argv=None):
         ap.error(f"--backbones chooses the embedding model's backbones; --arch {a.arch} has none")
     if a.arch == "embedding":
         a.weights = _embedding_weights(ap, a.weights, a.backbones or config.EMBED_BACKBONES)
+    _check_runner(ap, a)
     if a.upsample is not None and a.upsample < 32:
         ap.error("--upsample must be at least 32 (MobileNetV2's smallest input)")
     if a.cut is not None:
@@ -164,6 +178,17 @@ def _embedding_weights(ap, text, names) -> dict:
     if bad:
         ap.error(f"--weights {text}: name each file's backbone, one of {', '.join(names)} (NAME=FILE)")
     return dict(pairs)
+
+
+def _check_runner(ap, a):
+    if a.runner != "ray" and (a.ray_address or a.ray_workers is not None):
+        ap.error("--ray-address and --ray-workers go with --runner ray")
+    if a.runner == "ray" and a.arch != "embedding":
+        ap.error(f"--runner ray embeds photos for --arch embedding; --arch {a.arch} trains on data/dataset/ here")
+    if a.ray_workers is not None and a.ray_workers < 1:
+        ap.error("--ray-workers must be at least 1")
+    if a.runner == "ray" and importlib.util.find_spec("ray") is None:
+        ap.error("--runner ray needs Ray, an optional extra: pip install -r requirements-ray.txt")
 
 
 def _check_cut(ap, cut):
@@ -308,6 +333,10 @@ def _main(argv, held):
     if s.arch == "embedding":
         from locator.train import frozen
 
+        if a.runner == "ray":  # the cache filled on the cluster: frozen.train then finds every photo embedded
+            from locator.train import raydist
+
+            raydist.embed_dataset(data, a.data, s, a.ray_address, a.ray_workers, progress=not a.no_progress)
         net, answers, seconds, s.extra["head"] = frozen.train(data, a.data, s, progress=not a.no_progress)
         metrics, meta = finish.write_run(net, data, run_dir, s, seconds, answers=answers)
     else:

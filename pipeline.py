@@ -50,6 +50,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--epochs", type=int, help=f"cnn.py --epochs ({config.EPOCHS})")
     g.add_argument("--train-minutes", type=float, metavar="M", help="cnn.py --minutes: the nightly job's training "
                    "budget; epochs are planned from the current model's measured speed (unset: --epochs)")
+    g.add_argument("--runner", choices=config.EMBED_RUNNERS, help=f"cnn.py --runner ({config.EMBED_RUNNER}): where "
+                   "the embedding model's photos are embedded; ray: on a Ray cluster (--cnn-args '--ray-address A')")
     for step, script in (("crawl", "crawl.py"), ("preprocess", "preprocess.py"), ("dataset", "dataset.py"),
                          ("cnn", "cnn.py")):
         g.add_argument(f"--{step}-args", metavar="ARGS", help=f"more flags for {script} (one string; "

@@ -22,7 +22,8 @@ EXTRA = {"crawl": "crawl_args", "preprocess": "preprocess_args", "dataset": "dat
 # pipeline flags handed on to a step when given (else the step's own default, from config.py, applies)
 # (a switch such as no_background is handed on when set)
 PASSED = {"crawl": ("engine", "api_url", "source", "per_place", "per_query", "no_background", "contact"),
-          "preprocess": ("size", "resize_mode"), "dataset": (), "train": ("arch", "epochs", "train_minutes")}
+          "preprocess": ("size", "resize_mode"), "dataset": (),
+          "train": ("arch", "epochs", "train_minutes", "runner")}
 
 
 class StepFailed(Exception):

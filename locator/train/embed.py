@@ -9,7 +9,8 @@ or not, never half), so a re-run embeds only what is missing.
 
 The backbone runs through TensorFlow Lite (XNNPACK), converted from the same Keras network that model.h5 holds:
 3-4x Keras' graph mode on 2 cores for these depthwise networks, agreeing within 1e-4 (docs/results.md). Photos
-are decoded in threads while the network runs.
+are decoded in threads while the network runs. `lookup` (the cache) and `embed_decoded` (network + atomic writes)
+are the work both runners share: `embed` here, and `raydist` on a Ray cluster (cnn.py --runner ray).
 """
 import hashlib
 import logging
@@ -36,32 +37,38 @@ def embeddings_dir(data) -> Path:
 class Embedder:
     """One backbone, loaded once: uint8 photos (N, size, size, 3) -> float32 features (N, D)."""
 
-    def __init__(self, name: str, weights=None, size: int | None = None):
+    def __init__(self, name: str, weights=None, size: int | None = None, threads: int | None = None):
         if name not in backbones.BACKBONES:
             raise UserError(f"unknown backbone {name!r}; one of {', '.join(backbones.BACKBONES)}")
         self.name, self.size = name, size or backbones.BACKBONES[name].size
         self.weights = backbones.weights_file(name, weights)
         self.key = f"{name}-{self.size}-{backbones.file_digest(self.weights)[:12]}"
         self._run = None
+        self.threads = threads      # TF Lite's threads (default: one per core); a Ray worker uses its CPUs'
 
     def folder(self, data) -> Path:
         return embeddings_dir(data) / self.key
 
-    def _load(self, data):
-        """The TF Lite interpreter of this backbone (converted once, kept beside its embeddings); Keras if TF Lite
-        is not there."""
+    def tflite(self, data) -> Path:
+        """This backbone's TF Lite file, converted once and kept beside its embeddings (a cluster's workers load
+        the file the head converted on the shared data folder)."""
         import tensorflow as tf
 
-        net = None
         tflite = self.folder(data) / "backbone.tflite"
+        if not tflite.exists():
+            net = backbones.build(self.name, self.weights, self.size)
+            atomic_write_bytes(tflite, tf.lite.TFLiteConverter.from_keras_model(net).convert())
+        return tflite
+
+    def _load(self, data):
+        """The TF Lite interpreter of this backbone; Keras if TF Lite is not there."""
+        import tensorflow as tf
+
         interpreter = getattr(getattr(tf, "lite", None), "Interpreter", None)
         if interpreter is None:
             net = backbones.build(self.name, self.weights, self.size)
             return lambda x: net.predict(x.astype(np.float32), batch_size=len(x), verbose=0)
-        if not tflite.exists():
-            net = backbones.build(self.name, self.weights, self.size)
-            atomic_write_bytes(tflite, tf.lite.TFLiteConverter.from_keras_model(net).convert())
-        it = interpreter(model_path=str(tflite), num_threads=os.cpu_count() or 1)
+        it = interpreter(model_path=str(self.tflite(data)), num_threads=self.threads or os.cpu_count() or 1)
         inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
         shape = [0]
 
@@ -104,6 +111,41 @@ def _decode(path: Path, size: int):
         raise UserError(f"{path}: {e}; preprocess.py quarantines such photos: run it and dataset.py again")
 
 
+def lookup(files, folder: Path):
+    """(arrays, todo): each photo's cached array or None, and the indexes of the photos not cached."""
+    out: list = [None] * len(files)
+    todo = []
+    for i, f in enumerate(files):   # the cache is keyed by content: read each photo's bytes once to hash them
+        try:
+            digest = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        except OSError as e:
+            raise UserError(f"{f}: cannot read it ({e.strerror or e}); run preprocess.py and dataset.py again")
+        out[i] = _read(_path(folder, digest))
+        if out[i] is None:
+            todo.append(i)
+    return out, todo
+
+
+def embed_decoded(decoded, embedder: Embedder, folder: Path, data=None) -> list:
+    """Decoded photos [(sha256, pixels)] and their mirror images through the backbone in one call; each photo's
+    (views, D) array written to the cache atomically (the caller syncs once) and returned, in order."""
+    x = np.stack([p for _, p in decoded])
+    feats = embedder(np.concatenate([x, x[:, :, ::-1]]), data)
+    out = []
+    for j, (digest, _) in enumerate(decoded):
+        arr = np.stack([feats[j], feats[len(decoded) + j]]).astype(np.float32)
+        with atomic_path(_path(folder, digest), fsync=False) as tmp:
+            np.save(tmp, arr)
+        out.append(arr)
+    return out
+
+
+def embed_batch(paths, embedder: Embedder, folder: Path, data=None, pool=None) -> list:
+    """Decode photo files (in `pool`'s threads if given), embed and cache them: a Ray worker's batch."""
+    decoded = list((pool.map if pool else map)(lambda f: _decode(f, embedder.size), paths))
+    return embed_decoded(decoded, embedder, folder, data)
+
+
 def embed(files, data, embedder: Embedder, batch: int = 32, workers: int = 0, progress: bool = True,
           stats: dict | None = None) -> np.ndarray:
     """float32 (N, views, D) for photo files, from the cache where it has them; the rest are decoded in threads,
@@ -112,16 +154,7 @@ def embed(files, data, embedder: Embedder, batch: int = 32, workers: int = 0, pr
 
     folder = embedder.folder(data)
     files = [Path(f) for f in files]
-    out: list = [None] * len(files)
-    todo = []
-    for i, f in enumerate(files):   # the cache is keyed by content: read each photo's bytes once to hash them
-        try:
-            digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        except OSError as e:
-            raise UserError(f"{f}: cannot read it ({e.strerror or e}); run preprocess.py and dataset.py again")
-        out[i] = _read(_path(folder, digest))
-        if out[i] is None:
-            todo.append(i)
+    out, todo = lookup(files, folder)
     if stats is not None:
         stats.update(cached=len(files) - len(todo), embedded=len(todo))
     if todo:
@@ -137,12 +170,7 @@ def embed(files, data, embedder: Embedder, batch: int = 32, workers: int = 0, pr
                 decoded = list(pending.pop(0))
                 if n + 2 < len(chunks):   # two chunks decode ahead while this one runs through the network
                     pending.append(pool.map(lambda i: _decode(files[i], embedder.size), chunks[n + 2]))
-                x = np.stack([p for _, p in decoded])
-                feats = embedder(np.concatenate([x, x[:, :, ::-1]]), data)
-                for j, (i, (digest, _)) in enumerate(zip(chunk, decoded)):
-                    arr = np.stack([feats[j], feats[len(chunk) + j]]).astype(np.float32)
-                    with atomic_path(_path(folder, digest), fsync=False) as tmp:
-                        np.save(tmp, arr)
+                for i, arr in zip(chunk, embed_decoded(decoded, embedder, folder, data)):
                     out[i] = arr
                 bar.update(len(chunk))
         bar.close()
