@@ -95,6 +95,7 @@ def main(argv=None):
         rows.append(["local (threads)", os.cpu_count(), round(local, 1), round(len(files) / local, 1)])
 
         started = time.perf_counter()
+        raydist.loopback()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
         ray_init = time.perf_counter() - started
         workers = raydist.workers_for(len(files), config.EMBED_BATCH, a.workers)

@@ -29,12 +29,22 @@ from locator.train import backbones, embed, frozen
 log = logging.getLogger("raydist")
 
 
+def loopback() -> None:
+    """A local cluster that listens on 127.0.0.1 only: Ray otherwise binds its services to the machine's network
+    address, where other machines could reach them. Ray keeps to loopback where it does not support clusters, and
+    this variable (misnamed for Linux) says so; it is set only for a cluster started here, never for a driver that
+    joins one."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def start(address: str | None = None) -> bool:
     """Connect to the cluster at `address` ("host:6379", "ray://host:10001", "auto"); None: Ray's own rule
     ($RAY_ADDRESS, else the cluster `ray start` last started here, else a new local one with a worker a core).
     True when this call connected (the caller then shuts Ray down); False when Ray was already up."""
     if ray.is_initialized():
         return False
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        loopback()
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except ConnectionError as e:

@@ -39,6 +39,7 @@ PHOTOS = 40
 @pytest.fixture(scope="module")
 def cluster():
     """Ray's local cluster, two workers (one a CPU), shut down after this module's tests."""
+    raydist.loopback()   # the cluster's services listen on 127.0.0.1 only
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}})
     yield
