@@ -79,7 +79,7 @@ def parse_args(argv=None):
                      "(default: model.compact's)")
     net.add_argument("--backbones", type=_backbones, metavar="NAME,...",
                      help=f"embedding: the frozen ImageNet backbones whose features the head reads (default "
-                          f"{','.join(config.EMBED_BACKBONES)}; also efficientnet_lite2)")
+                          f"{','.join(config.EMBED_BACKBONES)}; also efficientnet_lite2, mobilenet_v2)")
     net.add_argument("--weights", metavar="FILE",
                      help="ImageNet weights, another copy of the pinned packages' torch file (read without PyTorch): "
                           "mobilenet_v2: torchvision's mobilenet_v2-b0353104.pth; embedding: NAME=FILE for a "

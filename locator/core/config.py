@@ -243,9 +243,9 @@ DEMO_PER_PLACE = 3             # test_image/ empty (a fresh clone): predict.py s
 DEMO_SUFFIX = "_demo"          # ...and its contact sheet is test_image_demo.png, never taken for real results
 
 # --- the embedding model (cnn.py --arch embedding: frozen ImageNet backbones + a linear head) ---
-EMBED_BACKBONES = ("efficientnet_lite2",)  # at 260 px; more are concatenated. Chosen on validation and on photos
-                               # kept out of training (docs/results.md): as accurate as Lite0 + MobileNetV2 and
-                               # far fewer kept-out places accepted (22% against 41%)
+EMBED_BACKBONES = ("efficientnet_lite0",)  # at 224 px; more are concatenated. Chosen on validation, photos kept
+                               # out of training and speed (docs/results.md): as accurate as the larger ones within
+                               # 2 validation photos, twice Lite2's embedding speed, fewer kept-out places accepted
 EMBED_BATCH = 32               # photos per backbone call while embedding (TF Lite: larger batches gain nothing)
 EMBED_RUNNERS = ("local", "ray")  # cnn.py --runner: where the embedding step decodes and embeds the photos
 EMBED_RUNNER = "local"         # nothing to install, and one machine embeds the nightly photos of a few dozen places
