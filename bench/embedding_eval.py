@@ -110,7 +110,7 @@ def head_run(E, d, names, bg, keep_cls=None, keep_neg=None, c=None):
         c, head, scores, seconds = frozen.choose_c((xt, yt), (xv, yv), n + bg)
     else:
         started = time.perf_counter()
-        head, seconds = frozen.fit_head(xt, yt, n + bg, c), None
+        head = frozen.fit_head(xt, yt, n + bg, c)
         seconds = time.perf_counter() - started
 
     def probs(split):

@@ -1,5 +1,5 @@
 """Does fine-tuning the last blocks of EfficientNet-Lite2 pay, inside --minutes, against the frozen backbone + linear
-head that cnn.py --arch embedding trains (issue 18, Build item 3)? On the dataset dataset.py packed:
+head that cnn.py --arch embedding trains? On the dataset dataset.py packed:
 
     python bench/finetune_eval.py --data /work/real/data
     python bench/finetune_eval.py --data /work/real/data --blocks 2 --minutes 6 --json /tmp/finetune.json

@@ -100,13 +100,18 @@ def _read(path: Path):
     return arr if arr.ndim == 2 and arr.shape[0] == len(VIEWS) and arr.dtype == np.float32 else None
 
 
-def _decode(path: Path, size: int):
-    """(sha256, pixels) of one photo; raises UserError naming the file if it cannot be decoded."""
+def _bytes(path) -> bytes:
     try:
-        raw = Path(path).read_bytes()
-        return hashlib.sha256(raw).hexdigest(), images.normalise(raw, size=size, mode=CROP)
+        return Path(path).read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror or e}); run preprocess.py and dataset.py again")
+
+
+def _decode(path: Path, size: int):
+    """(sha256, pixels) of one photo; raises UserError naming the file if it cannot be decoded."""
+    raw = _bytes(path)
+    try:
+        return hashlib.sha256(raw).hexdigest(), images.normalise(raw, size=size, mode=CROP)
     except images.ImageRejected as e:
         raise UserError(f"{path}: {e}; preprocess.py quarantines such photos: run it and dataset.py again")
 
@@ -116,11 +121,7 @@ def lookup(files, folder: Path):
     out: list = [None] * len(files)
     todo = []
     for i, f in enumerate(files):   # the cache is keyed by content: read each photo's bytes once to hash them
-        try:
-            digest = hashlib.sha256(Path(f).read_bytes()).hexdigest()
-        except OSError as e:
-            raise UserError(f"{f}: cannot read it ({e.strerror or e}); run preprocess.py and dataset.py again")
-        out[i] = _read(_path(folder, digest))
+        out[i] = _read(_path(folder, hashlib.sha256(_bytes(f)).hexdigest()))
         if out[i] is None:
             todo.append(i)
     return out, todo

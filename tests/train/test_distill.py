@@ -1,5 +1,5 @@
-"""Levers of issue 12 on a tiny generated dataset: distillation from a teacher run (the student sees the same
-augmented batch as the teacher), the distillation loss itself, and an EMA of the weights; and (issue 18) the compact
+"""Training levers on a tiny generated dataset: distillation from a teacher run (the student sees the same
+augmented batch as the teacher), the distillation loss itself, and an EMA of the weights; and the compact
 net distilled from an embedding model, whose answers are computed once per training photo at its own size."""
 import json
 import subprocess
@@ -83,7 +83,7 @@ def test_ema_weights_are_what_the_run_keeps(world, tmp_path):
     assert acc > 0.6
 
 
-# ------------------------------------------------- issue 18: an embedding teacher, answers once per photo
+# ------------------------------------------------- an embedding teacher, answers once per photo
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER_SIZE = 96   # the teacher's own input size: not the student's 64x64 arrays
