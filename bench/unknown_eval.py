@@ -71,7 +71,8 @@ def main():
     ap.add_argument("--data", type=Path, default=config.DATA)
     ap.add_argument("--holdout", default="04,09,0c,11,16", help="indexes of the places kept out of training")
     ap.add_argument("--epochs", type=int, default=config.EPOCHS)
-    ap.add_argument("--arch", default=config.ARCH)
+    ap.add_argument("--arch", default=config.CNN_ARCH, choices=[a for a in config.ARCHS if a != "embedding"],
+                    help="a network trained by epochs (the embedding model's kept-out figure: bench/embedding_eval.py)")
     ap.add_argument("--true-accept", type=float, default=config.UNKNOWN_TRUE_ACCEPT)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", type=Path, help="also append the rows here")
